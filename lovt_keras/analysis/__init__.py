@@ -1,0 +1,1 @@
+"""lovt_keras.analysis"""
