@@ -199,6 +199,22 @@ class LoVTPretrainer(keras.Model):
             names += list(LOSS_NAMES[4:6])
         return tuple(names)
 
+    def build(self, input_shape):
+        """Builds every sub-layer symbolically from a dict of input shapes."""
+        dtypes = {
+            keys.IMAGES: "float32",
+            keys.TOKEN_IDS: "int32",
+            keys.PADDING_MASK: "bool",
+            keys.SENTENCE_IDS: "int32",
+            keys.SENTENCE_MASK: "bool",
+        }
+        missing = [k for k in dtypes if k not in input_shape]
+        if missing:
+            raise ValueError(f"LoVTPretrainer inputs lack {missing}; got {sorted(input_shape)}.")
+        specs = {k: keras.KerasTensor(tuple(input_shape[k]), dtype=dtypes[k]) for k in dtypes}
+        self.compute_output_spec(specs)
+        self.built = True
+
     def call(self, inputs, training=None):
         sentence_mask = ops.cast(inputs[keys.SENTENCE_MASK], "bool")
         feature_maps = self.image_encoder(inputs[keys.IMAGES], training=training)

@@ -155,3 +155,15 @@ def test_mixed_float16_fit_is_finite():
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     history = model.fit(_batch(8), batch_size=8, epochs=2, verbose=0).history
     assert all(np.all(np.isfinite(v)) for v in history.values())
+
+
+def test_build_from_shapes_creates_every_weight():
+    batch = _batch(4)
+    built = tiny_pretrainer()
+    built.build({k: v.shape for k, v in batch.items()})
+    called = tiny_pretrainer()
+    called(batch)
+    assert built.built and len(built.weights) == len(called.weights) > 0
+    assert sorted(w.shape for w in built.weights) == sorted(w.shape for w in called.weights)
+    with pytest.raises(ValueError, match="lack"):
+        tiny_pretrainer().build({keys.IMAGES: (2, 64, 64, 1)})
