@@ -135,9 +135,12 @@ def global_contrastive_loss(
     _check_rank(report_global, 2, "report_global", "(B, D)")
     _check_same_static_shape(image_global, report_global, "image_global", "report_global")
 
-    logits = ops.matmul(_l2_normalize(image_global), ops.transpose(_l2_normalize(report_global)))
-    logits = logits / temperature  # (B, B)
-    positives = ops.diagonal(logits)  # (B,)
+    image_global = _l2_normalize(image_global)
+    report_global = _l2_normalize(report_global)
+    logits = ops.matmul(image_global, ops.transpose(report_global)) / temperature  # (B, B)
+    # The diagonal of the logits, computed directly: the gradient of ops.diagonal fails
+    # in TensorFlow when the batch size is unknown at trace time (e.g. a PyDataset).
+    positives = ops.sum(image_global * report_global, axis=-1) / temperature  # (B,)
     image_to_report = ops.logsumexp(logits, axis=1) - positives  # (B,)
     report_to_image = ops.logsumexp(logits, axis=0) - positives  # (B,)
     return {
@@ -355,11 +358,12 @@ def local_report_loss(
         sentence_weights = _as_float32(sentence_weights)
         _check_rank(sentence_weights, 2, "sentence_weights", "(B, S)")
 
-    logits = ops.einsum(
-        "bjd,bkd->bjk", _l2_normalize(sentence_embeddings), _l2_normalize(image_to_report)
-    )
+    sentence_embeddings = _l2_normalize(sentence_embeddings)
+    image_to_report = _l2_normalize(image_to_report)
+    logits = ops.einsum("bjd,bkd->bjk", sentence_embeddings, image_to_report)
     logits = logits / temperature  # (B, S, S): rows = sentences, columns = attended vectors
-    positives = ops.diagonal(logits, axis1=1, axis2=2)  # (B, S)
+    # The diagonal without ops.diagonal (see global_contrastive_loss).
+    positives = ops.sum(sentence_embeddings * image_to_report, axis=-1) / temperature  # (B, S)
     candidate_is_valid = ops.cast(valid[:, None, :], "bool")  # (B, 1, S)
 
     def directional_loss(scores: Tensor) -> Tensor:

@@ -489,8 +489,9 @@ def test_one_sentence_report_contributes_zero_but_counts_in_the_mean():
     alone = _values(local_report_loss(sentences[1:], attended[1:], mask[1:]))
     single = _values(local_report_loss(sentences[:1], attended[:1], mask[:1]))
     for name in both:
-        assert single[name] == 0.0
-        assert both[name] == pytest.approx(alone[name] / 2, rel=1e-6)
+        # 0 up to float32 rounding of s_jj computed two ways (logits vs row dot product).
+        assert abs(single[name]) < 1e-6
+        assert both[name] == pytest.approx(alone[name] / 2, rel=1e-5)
 
 
 def test_zero_sentence_batch_is_zero_not_nan():

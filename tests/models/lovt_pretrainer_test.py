@@ -167,3 +167,20 @@ def test_build_from_shapes_creates_every_weight():
     assert sorted(w.shape for w in built.weights) == sorted(w.shape for w in called.weights)
     with pytest.raises(ValueError, match="lack"):
         tiny_pretrainer().build({keys.IMAGES: (2, 64, 64, 1)})
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches of unknown size at trace time, as a data pipeline yields them."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return (_batch(4, seed=index),)
+
+
+def test_fit_on_a_pydataset_with_unknown_batch_size():
+    model = tiny_pretrainer()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    history = model.fit(_Batches(), epochs=1, verbose=0).history
+    assert all(np.isfinite(v[-1]) for v in history.values())
