@@ -1,0 +1,179 @@
+"""COVID Rural opacity segmentation -> downstream dataset (spec 5.3, tasks 10-12).
+
+Original layout under ``root`` (github haimingt/opacity_segmentation_covid_chest_X_ray,
+folder ``covid_rural_annot``; ``root`` may also be its parent)::
+
+    jpgs/COVID-19-AR-<patient>_<MM-DD-YYYY>-XR.jpg     colour JPGs
+    pngs_masks/<same name>.png                          binary masks, image size
+
+Preprocessing as the official ``covid_rural_dataset.py``: gray as the mean of the colour
+channels, histogram equalization, then pad to square and resize. Images without a mask
+are dropped (counted). Masks must have the image's size and values {0, 1} ({0, 255} is
+accepted too). One class ``opacity`` (id 0), no boxes.
+
+Splits: the official split files by default (133 / 44 / 44 images); ``split="random"``
+splits by patient (the name up to the first ``_``), 60/20/20, with the official greedy
+rule (``common.split_by_patient``).
+
+Deviation: the official script re-encodes the equalized image as JPEG before use; here
+the equalized pixels go straight to pad/resize (no second lossy compression).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lovt_keras.data.downstream.common import (
+    AnnotationError,
+    ConversionResult,
+    Example,
+    Task,
+    check_output_dir,
+    convert_downstream,
+    index_files,
+    resolve_split,
+    split_by_patient,
+)
+from lovt_keras.data.images import read_image
+from lovt_keras.data.reports import SkipCounter
+
+__all__ = ["CLASS_NAMES", "IMAGES_DIR", "MASKS_DIR", "patient_id", "read_mask",
+           "convert_covid_rural"]
+
+CLASS_NAMES = ("opacity",)
+IMAGES_DIR = "jpgs"
+MASKS_DIR = "pngs_masks"
+IMAGE_WITHOUT_MASK = "image without mask"
+
+
+def patient_id(image_id: str) -> str:
+    """``COVID-19-AR-16406541_01-19-2012-XR`` -> ``COVID-19-AR-16406541``."""
+    return image_id.split("_")[0]
+
+
+def read_mask(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """Reads a COVID Rural mask PNG as uint8 ``(height, width)`` 0/1.
+
+    Raises:
+        AnnotationError: unreadable file, "mask size differs from the image", colour
+            channels that differ, or "mask is not binary" (values other than {0, 1} or
+            {0, 255}), naming the file.
+    """
+    path = str(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mask = np.asarray(img)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ...
+        raise AnnotationError(path, "unreadable mask", f"{type(e).__name__}: {e}") from e
+    if mask.ndim == 3:
+        if not (mask == mask[..., :1]).all():
+            raise AnnotationError(path, "mask is not binary", "colour channels differ")
+        mask = mask[..., 0]
+    if mask.shape != (height, width):
+        raise AnnotationError(
+            path, "mask size differs from the image",
+            f"mask {mask.shape[1]}x{mask.shape[0]}, image {width}x{height} (WxH)",
+        )
+    values = set(np.unique(mask).tolist())
+    if values <= {0, 1}:
+        return mask.astype(np.uint8)
+    if values <= {0, 255}:
+        return (mask == 255).astype(np.uint8)
+    raise AnnotationError(
+        path, "mask is not binary", f"values {sorted(values)[:8]}; expected {{0, 1}}"
+    )
+
+
+def _load(task: Task) -> Example:
+    image = read_image(task.image_path)
+    mask = read_mask(task.annotation, *image.shape)
+    return Example(
+        image=image,
+        boxes=np.zeros((0, 4), np.float64),
+        classes=np.zeros(0, np.int32),
+        masks=mask,  # one class: the 0/1 mask is its own bit-packed form
+    )
+
+
+def _base(root: Path) -> Path:
+    if not (root / IMAGES_DIR).is_dir() and (root / "covid_rural_annot" / IMAGES_DIR).is_dir():
+        return root / "covid_rural_annot"
+    return root
+
+
+def convert_covid_rural(
+    root: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    split: str | os.PathLike = "official",
+    seed: int = 0,
+    image_size: int = 224,
+    overwrite: bool = False,
+    *,
+    on_error: str = "raise",
+    num_proc: int = 1,
+) -> ConversionResult:
+    """Converts COVID Rural into a downstream dataset folder.
+
+    Args:
+        root: ``covid_rural_annot`` (with ``jpgs/`` and ``pngs_masks/``) or its parent.
+        output_dir: the dataset folder to write.
+        split: ``"official"``, ``"random"`` (seeded 60/20/20 by patient) or a split folder.
+        seed: seed of the random split.
+        image_size: stored image size.
+        overwrite: replace an existing ``output_dir``.
+        on_error: per-image problems (mask size differs, mask not binary, unreadable
+            image or mask): ``"raise"`` or ``"skip"`` (counted).
+        num_proc: worker processes for reading images.
+
+    Returns:
+        ``ConversionResult``; rows hold ``image`` (equalized), ``id`` (file stem), empty
+        ``boxes``/``box_classes`` and ``masks`` (bit 0 = opacity).
+    """
+    check_output_dir(output_dir, overwrite)
+    base = _base(Path(root))
+    for folder in (IMAGES_DIR, MASKS_DIR):
+        if not (base / folder).is_dir():
+            raise FileNotFoundError(
+                f"{base / folder} does not exist (expected covid_rural_annot/jpgs and pngs_masks)"
+            )
+    images = index_files(base / IMAGES_DIR, (".jpg", ".jpeg"))
+    masks = index_files(base / MASKS_DIR, (".png",))
+    skipped = SkipCounter(noun="images")
+    split_ids, entries, description = resolve_split(
+        split,
+        "covid_rural",
+        sorted(masks),
+        images,
+        lambda ids: split_by_patient(ids, patient_id, seed),
+        skipped,
+        unannotated_images=sorted(images),
+        unannotated_reason=IMAGE_WITHOUT_MASK,
+    )
+    tasks = {
+        i: Task(i, str(images[i]), str(masks[i]), str(masks[i]))
+        for ids in split_ids.values()
+        for i in ids
+    }
+    return convert_downstream(
+        dataset="covid_rural",
+        output_dir=output_dir,
+        tasks=tasks,
+        split_ids=split_ids,
+        split_entries=entries,
+        split_description=description,
+        loader=_load,
+        class_names=CLASS_NAMES,
+        equalize=True,
+        image_size=image_size,
+        skipped=skipped,
+        source=f"COVID Rural covid_rural_annot ({base})",
+        overwrite=overwrite,
+        on_error=on_error,
+        num_proc=num_proc,
+        seed=seed if description == "random" else None,
+    )

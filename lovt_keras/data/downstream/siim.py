@@ -1,0 +1,168 @@
+"""SIIM-ACR Pneumothorax -> downstream dataset (spec 5.3, tasks 13-14).
+
+Original layout under ``root`` (Kaggle ``siim-acr-pneumothorax-segmentation``, mirror
+``seesee/siim-train-test``)::
+
+    train-rle.csv                    header "ImageId, EncodedPixels" (note the space);
+                                     one row per pneumothorax instance, "-1" for none
+    dicom-images-train/<study>/<series>/<ImageId>.dcm
+
+Masks: the Kaggle "relative" run-length encoding (``common.decode_rle``: offsets counted
+from the end of the previous run, pixels column-major), several rows of one image OR-ed.
+The official script assumes 1024x1024; here each mask is decoded at its DICOM's size.
+Images: pixels / 255 (``read_image``), histogram equalization, pad to square, resize.
+One class ``pneumothorax`` (id 0), no boxes.
+
+Splits: the official split files by default (7229 / 2409 / 2409 images);
+``split="random"`` draws a fresh seeded 60/20/20 split per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lovt_keras.data.downstream.common import (
+    AnnotationError,
+    ConversionResult,
+    Example,
+    Task,
+    check_output_dir,
+    convert_downstream,
+    decode_rle,
+    index_files,
+    random_split,
+    resolve_split,
+)
+from lovt_keras.data.images import read_image
+from lovt_keras.data.reports import SkipCounter
+
+__all__ = ["CLASS_NAMES", "RLE_FILE", "IMAGES_DIR", "parse_siim_rle", "decode_siim_mask",
+           "convert_siim"]
+
+CLASS_NAMES = ("pneumothorax",)
+RLE_FILE = "train-rle.csv"
+IMAGES_DIR = "dicom-images-train"
+
+
+def parse_siim_rle(path: str | os.PathLike) -> dict[str, list[tuple[str, str]]]:
+    """Reads ``train-rle.csv`` (header ``ImageId, EncodedPixels``, spaces stripped).
+
+    Returns:
+        ImageId -> list of ``(EncodedPixels, "file:line")``, images in order of first
+        appearance. The encodings are checked when decoded (they need the image size).
+
+    Raises:
+        AnnotationError: a wrong header or a row without two fields (naming the line).
+    """
+    path = Path(path)
+    out: dict[str, list[tuple[str, str]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if header != ["ImageId", "EncodedPixels"]:
+            raise AnnotationError(
+                f"{path}:1", "unexpected header", f"{header}; expected ImageId, EncodedPixels"
+            )
+        for row in reader:
+            source = f"{path}:{reader.line_num}"
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != 2 or not row[0].strip():
+                raise AnnotationError(source, "row is not 'ImageId, EncodedPixels'", str(row))
+            out.setdefault(row[0].strip(), []).append((row[1].strip(), source))
+    return out
+
+
+def decode_siim_mask(rles: list[tuple[str, str]], height: int, width: int) -> np.ndarray:
+    """ORs the decoded RLE rows of one image: uint8 ``(height, width)`` 0/1."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for rle, source in rles:
+        mask |= decode_rle(rle, height, width, source)
+    return mask
+
+
+def _load(task: Task) -> Example:
+    image = read_image(task.image_path)
+    mask = decode_siim_mask(task.annotation, *image.shape)
+    return Example(
+        image=image,
+        boxes=np.zeros((0, 4), np.float64),
+        classes=np.zeros(0, np.int32),
+        masks=mask,  # one class: the 0/1 mask is its own bit-packed form
+    )
+
+
+def convert_siim(
+    root: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    split: str | os.PathLike = "official",
+    seed: int = 0,
+    image_size: int = 224,
+    overwrite: bool = False,
+    *,
+    on_error: str = "raise",
+    num_proc: int = 1,
+) -> ConversionResult:
+    """Converts SIIM-ACR Pneumothorax into a downstream dataset folder.
+
+    Args:
+        root: folder with ``train-rle.csv`` and ``dicom-images-train/`` (searched
+            recursively for ``<ImageId>.dcm``; the whole ``root`` if that folder is absent).
+        output_dir: the dataset folder to write.
+        split: ``"official"``, ``"random"`` (seeded 60/20/20 per image) or a split folder.
+        seed: seed of the random split.
+        image_size: stored image size.
+        overwrite: replace an existing ``output_dir``.
+        on_error: per-image problems (malformed RLE: odd length, runs past the end;
+            unreadable DICOM): ``"raise"`` or ``"skip"`` (counted).
+        num_proc: worker processes for reading DICOMs.
+
+    Returns:
+        ``ConversionResult``; rows hold ``image`` (equalized), ``id`` (ImageId), empty
+        ``boxes``/``box_classes`` and ``masks`` (bit 0 = pneumothorax).
+    """
+    check_output_dir(output_dir, overwrite)
+    root = Path(root)
+    rle_file = root / RLE_FILE
+    if not rle_file.is_file():
+        raise FileNotFoundError(f"{rle_file} does not exist (expected the Kaggle SIIM layout)")
+    annotations = parse_siim_rle(rle_file)
+    image_dir = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
+    images = index_files(image_dir, (".dcm",))
+    skipped = SkipCounter(noun="images")
+    split_ids, entries, description = resolve_split(
+        split,
+        "siim",
+        list(annotations),
+        images,
+        lambda ids: random_split(ids, seed),
+        skipped,
+        unannotated_images=sorted(images),
+    )
+    tasks = {
+        i: Task(i, str(images[i]), annotations[i], annotations[i][0][1])
+        for ids in split_ids.values()
+        for i in ids
+    }
+    return convert_downstream(
+        dataset="siim",
+        output_dir=output_dir,
+        tasks=tasks,
+        split_ids=split_ids,
+        split_entries=entries,
+        split_description=description,
+        loader=_load,
+        class_names=CLASS_NAMES,
+        equalize=True,
+        image_size=image_size,
+        skipped=skipped,
+        source=f"SIIM-ACR Pneumothorax train ({root})",
+        overwrite=overwrite,
+        on_error=on_error,
+        num_proc=num_proc,
+        seed=seed if description == "random" else None,
+    )
