@@ -30,3 +30,9 @@ REGION_WEIGHTS = "region_weights"  # (B, N) attention-pooling weights over regio
 SENTENCE_WEIGHTS = "sentence_weights"  # (B, S) attention-pooling weights over sentences w^R
 
 INPUT_KEYS = (IMAGES, TOKEN_IDS, PADDING_MASK, SENTENCE_IDS, SENTENCE_MASK)
+
+# Downstream batches (segmentation and detection tasks).
+MASKS = "masks"  # float32 (B, H, W, C) binary masks, one channel per class
+BOXES = "boxes"  # float32 (B, max_boxes, 4) x, y, w, h in pixels, zero-padded
+BOX_CLASSES = "box_classes"  # int32 (B, max_boxes) class ids, 0 where padded
+BOX_MASK = "box_mask"  # bool (B, max_boxes), True for real boxes
