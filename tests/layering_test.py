@@ -20,6 +20,10 @@ FORBIDDEN = {
     "analysis": BACKENDS | {"gin", "argparse"},
 }
 
+# The one backend utility STYLE.md allows: torch's global generator drives the dropout
+# of keras-hub layers on PyTorch, so exact resumes save and restore it.
+ALLOWED = {"training/rng.py": {"torch"}}
+
 
 def _imports(path):
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -40,7 +44,10 @@ def _files():
 @pytest.mark.parametrize("sub,path", list(_files()), ids=lambda x: str(x))
 def test_layering(sub, path):
     bad = []
+    allowed = ALLOWED.get(str(path.relative_to(PACKAGE)), set())
     for name in _imports(path):
+        if name in allowed:
+            continue
         for forbidden in FORBIDDEN[sub]:
             if name == forbidden or name.startswith(forbidden + "."):
                 bad.append(name)

@@ -1,0 +1,257 @@
+"""Callbacks of the training programs; their state lives in a shared ``TrainingState``.
+
+Keeping the state of early stopping, the best value and the plateau scheduler in the
+``TrainingState`` (instead of inside Keras' own callbacks) is what lets a run that was
+killed continue exactly: the state is saved with every checkpoint and restored before
+``fit`` starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import keras
+import numpy as np
+
+from lovt_keras.training.checkpoints import TrainingState
+
+
+def _float(value) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(value)))
+
+
+def current_learning_rate(optimizer) -> float:
+    """The learning rate the optimizer's next update uses (schedules evaluated)."""
+    return _float(optimizer.learning_rate)
+
+
+class SetDataEpoch(keras.callbacks.Callback):
+    """Calls ``data.set_epoch(epoch)`` at the start of every epoch.
+
+    Batches of a ``PretrainingBatches`` are a pure function of ``(seed, epoch, index)``;
+    setting the epoch explicitly (rather than counting ``on_epoch_end`` calls) keeps the
+    data order right after a restart with ``initial_epoch``.
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def on_epoch_begin(self, epoch, logs=None):
+        set_epoch = getattr(self.data, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(int(epoch))
+
+
+class BestAndEarlyStopping(keras.callbacks.Callback):
+    """Tracks the best monitored value and stops when it stops improving.
+
+    As in the official Lightning setup, two rules: the best checkpoint follows every
+    strict improvement (``ModelCheckpoint``), while early stopping counts an epoch as
+    improved only if the value falls by more than ``min_delta`` below the best value
+    seen by early stopping, and stops after ``patience`` epochs without improvement
+    (``EarlyStopping``). NaN never improves.
+
+    Args:
+        state: the shared ``TrainingState`` (``best_value``, ``best_epoch``,
+            ``early_stopping_best``, ``epochs_without_improvement``, ``stopped_early``).
+        monitor: the log key to minimize (``"val_loss"``).
+        patience: epochs without improvement before stopping (None = never stop).
+        min_delta: minimum decrease that counts as an improvement for early stopping.
+    """
+
+    def __init__(self, state: TrainingState, monitor: str = "val_loss",
+                 patience: int | None = 10, min_delta: float = 1e-5):
+        super().__init__()
+        self.state = state
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = float(min_delta)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(
+                f"early stopping monitors {self.monitor!r}, but the epoch logs have only "
+                f"{sorted(logs)}"
+            )
+        value = float(logs[self.monitor])
+        state = self.state
+        if not math.isnan(value) and (state.best_value is None or value < state.best_value):
+            state.best_value = value
+            state.best_epoch = int(epoch)
+        if not math.isnan(value) and (
+            state.early_stopping_best is None or value < state.early_stopping_best - self.min_delta
+        ):
+            state.early_stopping_best = value
+            state.epochs_without_improvement = 0
+        else:
+            state.epochs_without_improvement += 1
+        if self.patience is not None and state.epochs_without_improvement >= self.patience:
+            state.stopped_early = True
+            self.model.stop_training = True
+
+
+class ReduceLROnPlateau(keras.callbacks.Callback):
+    """PyTorch's ``ReduceLROnPlateau`` (mode min, relative threshold), resumable.
+
+    After every epoch: the value improves if ``value < best * (1 - threshold)``; after
+    more than ``patience`` epochs without improvement the learning rate is multiplied by
+    ``factor`` (not below ``min_learning_rate``) and the counter restarts. The optimizer
+    must have a constant learning rate (a variable, saved with its state); the counter
+    and best value are kept in ``state.callbacks["reduce_lr_on_plateau"]``.
+
+    Args:
+        state: the shared ``TrainingState``.
+        monitor: the log key to minimize.
+        factor: multiplier of the learning rate (0.5 for ConVIRT).
+        patience: epochs without improvement tolerated (12 for ConVIRT).
+        threshold: relative improvement needed (torch default 1e-4).
+        min_learning_rate: lower bound.
+    """
+
+    name = "reduce_lr_on_plateau"
+
+    def __init__(self, state: TrainingState, monitor: str = "val_loss", factor: float = 0.5,
+                 patience: int = 12, threshold: float = 1e-4, min_learning_rate: float = 0.0):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        self.state = state
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.threshold = float(threshold)
+        self.min_learning_rate = float(min_learning_rate)
+
+    def _own_state(self) -> dict[str, Any]:
+        return self.state.callbacks.setdefault(self.name, {"best": None, "bad_epochs": 0})
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {})[self.monitor])
+        own = self._own_state()
+        if not math.isnan(value) and (own["best"] is None or value < own["best"] * (
+            1.0 - self.threshold
+        )):
+            own["best"] = value
+            own["bad_epochs"] = 0
+        else:
+            own["bad_epochs"] += 1
+        if own["bad_epochs"] > self.patience:
+            optimizer = self.model.optimizer
+            old = current_learning_rate(optimizer)
+            new = max(old * self.factor, self.min_learning_rate)
+            # torch skips changes smaller than eps = 1e-8.
+            if old - new > 1e-8:
+                optimizer.learning_rate = new
+            own["bad_epochs"] = 0
+
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Writes one JSON line per epoch to ``metrics.jsonl`` and prints a summary line.
+
+    Record keys: ``epoch`` (1-based), ``step`` (mini-batches so far), ``learning_rate``
+    (of the next update), the epoch's training logs (``loss`` and every named loss
+    component), the validation logs (``val_...``), ``best`` (this epoch gave the best
+    checkpoint), ``epochs_without_improvement`` and ``seconds``.
+
+    Args:
+        path: the ``metrics.jsonl`` file (appended to).
+        state: the shared ``TrainingState`` (read after the best/early-stopping callback).
+        epochs: total epochs, for the summary line.
+        stream: where the summary goes (None = silent).
+    """
+
+    def __init__(self, path: str | os.PathLike, state: TrainingState, epochs: int,
+                 stream: TextIO | None = sys.stdout):
+        super().__init__()
+        self.path = Path(path)
+        self.state = state
+        self.epochs = int(epochs)
+        self.stream = stream
+        self._start = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        record: dict[str, Any] = {
+            "epoch": int(epoch) + 1,
+            "step": int(self.state.global_step),
+            "learning_rate": current_learning_rate(self.model.optimizer),
+        }
+        record.update(logs)
+        record["best"] = self.state.best_epoch == epoch
+        record["epochs_without_improvement"] = self.state.epochs_without_improvement
+        record["seconds"] = round(time.time() - self._start, 3)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.stream is not None:
+            print(format_epoch_summary(record, self.epochs), file=self.stream, flush=True)
+
+
+def format_epoch_summary(record: dict[str, Any], epochs: int) -> str:
+    """One line: epoch, losses (components shortened), validation loss, lr, time."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.4f}")
+    components = [
+        f"{k.removesuffix('_loss')} {v:.4f}"
+        for k, v in record.items()
+        if k.endswith("_loss") and k != "loss" and not k.startswith("val_")
+    ]
+    if components:
+        parts.append("(" + ", ".join(components) + ")")
+    if "val_loss" in record:
+        parts.append(f"val_loss {record['val_loss']:.4f}" + (" *best*" if record.get("best") else ""))
+    parts.append(f"lr {record['learning_rate']:.3g}")
+    parts.append(f"{record['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON record ({error})") from error
+    return records
+
+
+def truncate_metrics(path: str | os.PathLike, completed_epochs: int) -> None:
+    """Keeps the records of the first ``completed_epochs`` epochs (after a restart the
+    epochs after the checkpoint are trained, and logged, again)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the interruption
+            if int(record.get("epoch", 0)) <= completed_epochs:
+                kept.append(json.dumps(record))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,99 @@
+"""Views of training data used by the training programs (subsets, partial epochs)."""
+
+from __future__ import annotations
+
+import datasets
+import keras
+import numpy as np
+
+
+class EpochView(keras.utils.PyDataset):
+    """Batches ``start .. stop - 1`` of a batch sequence, for one ``fit`` call.
+
+    Used to resume in the middle of an epoch (``start`` = batches already trained) and
+    to truncate an epoch to a whole number of gradient-accumulation cycles (``stop``).
+    ``on_epoch_begin``/``on_epoch_end`` are forwarded to the wrapped data; workers and
+    queue settings are copied from it.
+
+    Args:
+        data: a ``keras.utils.PyDataset`` (``len`` = batches per epoch).
+        start: first batch index (0 <= start < stop).
+        stop: one past the last batch index (None = ``len(data)``).
+    """
+
+    def __init__(self, data: keras.utils.PyDataset, start: int = 0, stop: int | None = None):
+        super().__init__(
+            workers=getattr(data, "workers", 1),
+            use_multiprocessing=getattr(data, "use_multiprocessing", False),
+            max_queue_size=getattr(data, "max_queue_size", 10),
+        )
+        total = len(data)
+        stop = total if stop is None else int(stop)
+        if not 0 <= int(start) < stop <= total:
+            raise ValueError(
+                f"EpochView needs 0 <= start < stop <= len(data) = {total}, "
+                f"got start={start}, stop={stop}"
+            )
+        self.data = data
+        self.start = int(start)
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        return self.data[self.start + index]
+
+    def on_epoch_begin(self):
+        hook = getattr(self.data, "on_epoch_begin", None)
+        if hook is not None:
+            hook()
+
+    def on_epoch_end(self):
+        hook = getattr(self.data, "on_epoch_end", None)
+        if hook is not None:
+            hook()
+
+
+def first_studies(dataset: datasets.Dataset, fraction: float | None = None,
+                  max_studies: int | None = None) -> datasets.Dataset:
+    """The rows of the first studies of a split (the official ``train_subset``).
+
+    The official code takes the first ``round(fraction * n)`` samples of the train
+    split (``Subset(range(...))``), a sample being a study; here rows are images, so the
+    subset is the rows of the first ``round(fraction * num_studies)`` studies in order of
+    first appearance (deterministic: no shuffling), the order in which the converters
+    store them. ``max_studies`` caps the count further. Unlike converting with
+    ``--train_fraction``, the pixel statistics stay those of the full train split, as
+    in the official code.
+
+    Args:
+        dataset: one split with a ``study_id`` column.
+        fraction: share of the studies to keep, in (0, 1] (None = all).
+        max_studies: upper bound on the number of studies (None = no bound).
+
+    Returns:
+        The dataset itself when nothing is removed, else a ``select`` of it.
+    """
+    if fraction is None and max_studies is None:
+        return dataset
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if max_studies is not None and max_studies < 1:
+        raise ValueError(f"max_studies must be >= 1, got {max_studies}")
+    column = dataset.with_format("arrow", columns=["study_id"])[:].column("study_id")
+    codes = column.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    num_studies = int(codes.max()) + 1 if len(codes) else 0
+    keep = num_studies if fraction is None else round(fraction * num_studies)
+    if max_studies is not None:
+        keep = min(keep, int(max_studies))
+    if keep < 1:
+        raise ValueError(
+            f"fraction={fraction} of {num_studies} studies keeps no study"
+        )
+    if keep == num_studies:
+        return dataset
+    # Dictionary codes number the studies in order of first appearance.
+    return dataset.select(np.flatnonzero(codes < keep))

@@ -1,0 +1,478 @@
+"""``pretrain``: image-report pretraining with the official recipe, resumable at any step.
+
+The official recipe (spec section 4.4) is the default: AdamW (lr 1e-4, weight decay
+1e-6), mini-batches of 32 with 16-step gradient accumulation, the ``cosine per epoch``
+schedule, early stopping on the validation loss (patience 10, min_delta 1e-5), the best
+checkpoint exported, seed 12345.
+
+Resuming: ``pretrain`` writes ``output_dir/checkpoints/last.npz`` every
+``checkpoint_every_steps`` mini-batches and at every epoch end (atomically, see
+``checkpoints``). Called again with the same arguments after an interruption (``kill
+-9`` included) it loads that checkpoint (model variables with the dropout seed states,
+optimizer variables with the iteration counter and gradient accumulators, the metric
+means of the interrupted epoch, the best value and early-stopping counter) and
+continues: first the rest of the interrupted epoch (the batches after the checkpoint,
+as the data's batches are a pure function of ``(seed, epoch, index)``), then the
+remaining epochs. The result equals the uninterrupted run up to floating-point
+non-determinism of the backend; only the mini-batches trained after the last
+checkpoint are computed twice.
+
+Deviations from the official training loop, all documented where they apply:
+
+- Keras carries a partial gradient-accumulation cycle over into the next epoch, while
+  Lightning applies it at the epoch end (divided by 16 anyway). To keep weight updates
+  aligned with epochs (and the cosine period exact), each epoch uses the largest
+  multiple of ``gradient_accumulation_steps`` mini-batches; the few left-over
+  mini-batches (fewer than 16 per epoch, different studies each epoch) are skipped.
+- Keras' Adam/AdamW put epsilon outside the bias correction of the second moment
+  (``m / (sqrt(v) + eps)`` with a corrected step size); torch uses ``sqrt(v_hat) +
+  eps``. Epsilon is set to torch's 1e-8; the difference is of the order of epsilon.
+- ``optimizer="adam"`` with a weight decay decays the weights directly (decoupled),
+  where torch's Adam adds ``weight_decay * w`` to the gradient (ConVIRT's 1e-6 makes
+  this immaterial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import keras
+import numpy as np
+
+from lovt_keras import keys
+from lovt_keras.training.callbacks import (
+    BestAndEarlyStopping,
+    MetricsLogger,
+    ReduceLROnPlateau,
+    SetDataEpoch,
+    read_metrics,
+    truncate_metrics,
+)
+from lovt_keras.training.checkpoints import (
+    BEST,
+    LAST,
+    Checkpointer,
+    TrainingState,
+    load_checkpoint,
+    read_checkpoint_state,
+    read_rng_states,
+    save_checkpoint,
+)
+from lovt_keras.training.data import EpochView
+from lovt_keras.training.schedules import CosinePerEpoch, CosineWithWarmup
+from lovt_keras.training.tensorboard import TensorBoardLogger
+
+SCHEDULES = ("cosine_per_epoch", "cosine_warmup", "plateau", "constant")
+OPTIMIZERS = ("adamw", "adam")
+MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+IMAGE_ENCODER_FILE = "image_encoder.keras"
+REPORT_ENCODER_FILE = "report_encoder.keras"
+VOCABULARY_FILE = "vocab.txt"
+DATA_INFO_FILE = "data_info.json"
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    """What ``pretrain`` returns.
+
+    Attributes:
+        output_dir: the run directory.
+        model: the trained model, holding the weights of the best checkpoint.
+        state: the final ``TrainingState`` (epochs, best epoch and value, ...).
+        history: the per-epoch records of ``metrics.jsonl`` (all epochs of the run,
+            also those trained before a restart).
+        resumed_from: ``(epoch, step_in_epoch)`` of the checkpoint this call continued
+            from, or None for a fresh start.
+        image_encoder_path, report_encoder_path: the exported ``.keras`` files (None if
+            not exported).
+    """
+
+    output_dir: Path
+    model: keras.Model
+    state: TrainingState
+    history: list[dict[str, Any]]
+    resumed_from: tuple[int, int] | None = None
+    image_encoder_path: Path | None = None
+    report_encoder_path: Path | None = None
+
+
+def pretrain(
+    model: keras.Model | Callable[[], keras.Model],
+    train_data: keras.utils.PyDataset,
+    val_data: keras.utils.PyDataset | None,
+    output_dir: str | os.PathLike,
+    epochs: int = 100,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 1e-6,
+    optimizer: str = "adamw",
+    gradient_accumulation_steps: int = 16,
+    schedule: str = "cosine_per_epoch",
+    warmup_epochs: float = 1.0,
+    plateau_patience: int = 12,
+    plateau_factor: float = 0.5,
+    early_stopping_patience: int | None = 10,
+    early_stopping_min_delta: float = 1e-5,
+    checkpoint_every_steps: int | None = 500,
+    mixed_precision: bool | str = False,
+    seed: int = 12345,
+    jit_compile: bool | str = "auto",
+    tensorboard: bool = True,
+    export: bool = True,
+    verbose: int = 1,
+    stream: TextIO | None = None,
+) -> PretrainResult:
+    """Pretrains an image-report model (e.g. ``LoVTPretrainer``) and exports its encoders.
+
+    Args:
+        model: a zero-argument callable building the model (called after the seed and
+            the dtype policy are set, so the initialization is reproducible), or a built
+            ``keras.Model`` (then ``mixed_precision`` must match its policy). The model
+            computes its own loss (``compute_loss``) from the batches (dicts of arrays).
+        train_data: a ``keras.utils.PyDataset`` of batch dicts (e.g.
+            ``PretrainingBatches``); its ``set_epoch(epoch)`` is called at every epoch
+            start when it has one. Batch ``i`` of epoch ``e`` must be a pure function of
+            the data's seed, ``e`` and ``i`` for an exact resume.
+        val_data: a ``PyDataset`` for the validation loss (early stopping and the best
+            checkpoint monitor ``val_loss``), or None (then the training loss).
+        output_dir: the run directory (checkpoints, ``metrics.jsonl``, TensorBoard logs,
+            exported encoders). If it holds ``checkpoints/last.npz`` the run continues
+            from it.
+        epochs: maximum number of epochs (100).
+        learning_rate: peak learning rate (1e-4).
+        weight_decay: decoupled weight decay (1e-6).
+        optimizer: ``"adamw"`` (LoVT, CLIP*) or ``"adam"`` (ConVIRT).
+        gradient_accumulation_steps: mini-batches per weight update (16; 1 = none).
+        schedule: ``"cosine_per_epoch"`` (official, ``CosinePerEpoch``),
+            ``"cosine_warmup"`` (``CosineWithWarmup`` over all epochs with
+            ``warmup_epochs`` of linear warmup), ``"plateau"`` (PyTorch's
+            ``ReduceLROnPlateau`` on the monitored loss, ConVIRT) or ``"constant"``.
+        warmup_epochs: warmup length of ``"cosine_warmup"``, in epochs.
+        plateau_patience, plateau_factor: of ``"plateau"`` (12 and 0.5 as ConVIRT).
+        early_stopping_patience: epochs without improvement before stopping (None =
+            never).
+        early_stopping_min_delta: minimum improvement for early stopping (1e-5).
+        checkpoint_every_steps: mini-batches between mid-epoch checkpoints (None = only
+            at epoch ends). Bounds the work lost by an interruption.
+        mixed_precision: False, True (= ``"mixed_bfloat16"``) or a policy name.
+        seed: seeds Python, NumPy and the backend before the model is built.
+        jit_compile: passed to ``compile``.
+        tensorboard: write TensorBoard logs to ``output_dir/tensorboard``.
+        export: write ``image_encoder.keras`` and ``report_encoder.keras`` from the best
+            checkpoint at the end (models with ``image_encoder`` and ``report_encoder``
+            attributes, such as ``LoVTPretrainer``; their batches are also checked
+            against the encoders with ``check_batch_fits_model``).
+        verbose: 0 silent, 1 one summary line per epoch, 2 also a progress bar.
+        stream: where summary lines go (default ``sys.stdout``).
+
+    Returns:
+        A ``PretrainResult``.
+
+    Raises:
+        ValueError: unknown ``optimizer``/``schedule``/policy, data with fewer
+            mini-batches than one accumulation cycle, data that does not fit the model
+            (image size, vocabulary, token or sentence budget), a checkpoint of another
+            seed or configuration.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    accumulation = int(gradient_accumulation_steps or 1)
+    if accumulation < 1:
+        raise ValueError(f"gradient_accumulation_steps must be >= 1, got {accumulation}")
+    policy = _policy_name(mixed_precision)
+    stream = sys.stdout if stream is None else stream
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    metrics_path = output_dir / METRICS_FILE
+
+    batches_per_epoch = len(train_data) - len(train_data) % accumulation
+    if batches_per_epoch < 1:
+        raise ValueError(
+            f"the training data has {len(train_data)} batches per epoch, fewer than one "
+            f"gradient-accumulation cycle ({accumulation} batches)"
+        )
+    updates_per_epoch = batches_per_epoch // accumulation
+
+    keras.utils.set_random_seed(seed)
+    model = _build_model(model, policy)
+    sample = train_data[0]
+    if _is_image_report_model(model):
+        check_batch_fits_model(model, sample)
+    model(_head(sample, 2), training=False)  # creates the variables
+
+    lr = _learning_rate(schedule, learning_rate, updates_per_epoch, epochs, warmup_epochs,
+                        accumulation)
+    optimizer_kwargs = dict(
+        learning_rate=lr,
+        epsilon=1e-8,
+        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
+    )
+    if optimizer == "adamw":
+        keras_optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+    else:
+        keras_optimizer = keras.optimizers.Adam(weight_decay=weight_decay or None,
+                                                **optimizer_kwargs)
+    model.compile(optimizer=keras_optimizer, jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
+
+    state = TrainingState(seed=int(seed))
+    resume_metrics = resume_rng = None
+    resumed_from = None
+    last_path = checkpoint_dir / LAST
+    if last_path.is_file():
+        mid_epoch = read_checkpoint_state(last_path).step_in_epoch > 0
+        state, resume_metrics = load_checkpoint(last_path, model, optimizer=True, metrics=True,
+                                                restore_rng=not mid_epoch)
+        resume_rng = read_rng_states(last_path) if mid_epoch else None
+        if state.seed is not None and state.seed != int(seed):
+            raise ValueError(
+                f"{last_path}: written by a run with seed {state.seed}, this run has seed "
+                f"{seed}; use another output directory or the same seed"
+            )
+        if state.step_in_epoch >= batches_per_epoch:
+            raise ValueError(
+                f"{last_path}: stopped after batch {state.step_in_epoch} of epoch "
+                f"{state.epoch + 1}, but an epoch now has {batches_per_epoch} batches "
+                "(different data or batch size?)"
+            )
+        resumed_from = (state.epoch, state.step_in_epoch)
+        truncate_metrics(metrics_path, completed_epochs=state.epoch)
+        if verbose and not state.finished:
+            print(
+                f"resuming {output_dir} at epoch {state.epoch + 1}, batch "
+                f"{state.step_in_epoch} of {batches_per_epoch} (mini-batch "
+                f"{state.global_step} of the run)",
+                file=stream, flush=True,
+            )
+
+    monitor = "val_loss" if val_data is not None else "loss"
+    checkpointer = Checkpointer(
+        checkpoint_dir, state, checkpoint_every_steps, batches_per_epoch,
+        resume_offset=state.step_in_epoch,
+        resume_metrics=resume_metrics if state.step_in_epoch else None,
+        resume_rng=resume_rng,
+    )
+    callbacks: list[keras.callbacks.Callback] = [SetDataEpoch(train_data)]
+    if schedule == "plateau":
+        callbacks.append(ReduceLROnPlateau(state, monitor, plateau_factor, plateau_patience))
+    callbacks.append(BestAndEarlyStopping(state, monitor, early_stopping_patience,
+                                          early_stopping_min_delta))
+    callbacks.append(MetricsLogger(metrics_path, state, epochs,
+                                   stream=stream if verbose else None))
+    if tensorboard:
+        callbacks.append(TensorBoardLogger(output_dir / TENSORBOARD_DIR))
+    callbacks.append(checkpointer)  # last: saves what the others updated
+
+    fit_kwargs = dict(validation_data=val_data, callbacks=callbacks, shuffle=False,
+                      verbose=1 if verbose >= 2 else 0)
+    done = state.finished or state.stopped_early or state.epoch >= epochs
+    if not done and state.step_in_epoch > 0:
+        # The rest of the interrupted epoch, then the following epochs.
+        model.fit(EpochView(train_data, state.step_in_epoch, batches_per_epoch),
+                  epochs=state.epoch + 1, initial_epoch=state.epoch, **fit_kwargs)
+        done = state.stopped_early or state.epoch >= epochs
+    if not done:
+        model.fit(EpochView(train_data, 0, batches_per_epoch), epochs=epochs,
+                  initial_epoch=state.epoch, **fit_kwargs)
+    if not state.finished:
+        state.finished = True
+        save_checkpoint(last_path, model, state, metrics=False)
+
+    best_path = checkpoint_dir / BEST
+    if best_path.is_file():
+        load_checkpoint(best_path, model, optimizer=False, restore_rng=False)
+    result = PretrainResult(output_dir=output_dir, model=model, state=state,
+                            history=read_metrics(metrics_path), resumed_from=resumed_from)
+    if export and _is_image_report_model(model):
+        result.image_encoder_path, result.report_encoder_path = export_encoders(
+            model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
+        )
+    if verbose:
+        best = (
+            f"best {monitor} {state.best_value:.4f} at epoch {state.best_epoch + 1}"
+            if state.best_epoch is not None else "no best epoch"
+        )
+        end = "stopped early" if state.stopped_early else f"{state.epoch} epochs"
+        print(f"done: {end}, {best}; outputs in {output_dir}", file=stream, flush=True)
+    return result
+
+
+def _policy_name(mixed_precision: bool | str) -> str | None:
+    if mixed_precision is False or mixed_precision is None:
+        return None
+    if mixed_precision is True:
+        return "mixed_bfloat16"
+    if mixed_precision not in MIXED_PRECISION_POLICIES:
+        raise ValueError(
+            f"mixed_precision={mixed_precision!r}: use True, False or one of "
+            f"{MIXED_PRECISION_POLICIES}"
+        )
+    return mixed_precision
+
+
+def _build_model(model, policy: str | None) -> keras.Model:
+    if isinstance(model, keras.Model):
+        name = model.dtype_policy.name
+        if (policy or "float32") != name:
+            raise ValueError(
+                f"the model was built with dtype policy {name!r} but mixed_precision asks "
+                f"for {policy or 'float32'!r}; pass a model factory so pretrain builds it"
+            )
+        return model
+    previous = keras.config.dtype_policy()
+    if policy is not None:
+        keras.config.set_dtype_policy(policy)
+    try:
+        built = model()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if not isinstance(built, keras.Model):
+        raise TypeError(f"the model factory returned {type(built).__name__}, not a keras.Model")
+    return built
+
+
+def _is_image_report_model(model) -> bool:
+    return hasattr(model, "image_encoder") and hasattr(model, "report_encoder")
+
+
+def _head(batch: dict, count: int) -> dict:
+    return {k: v[:count] for k, v in batch.items()}
+
+
+def _learning_rate(schedule, learning_rate, updates_per_epoch, epochs, warmup_epochs,
+                   accumulation):
+    if schedule == "cosine_per_epoch":
+        return CosinePerEpoch(learning_rate, updates_per_epoch, accumulation)
+    if schedule == "cosine_warmup":
+        total = updates_per_epoch * epochs
+        warmup = min(int(round(warmup_epochs * updates_per_epoch)), total - 1)
+        return CosineWithWarmup(learning_rate, total, warmup,
+                                gradient_accumulation_steps=accumulation)
+    return float(learning_rate)  # "constant", "plateau": a variable the callback may change
+
+
+def check_batch_fits_model(model: keras.Model, batch: dict) -> None:
+    """Raises a ValueError naming the mismatch when a batch cannot feed the model.
+
+    Checks (where the model exposes them) the image size against
+    ``model.image_encoder.image_size``, the token ids against the BERT vocabulary, the
+    token budget T against its ``max_sequence_length`` and the sentence budget S
+    against ``model.report_encoder.max_sentences``.
+    """
+    missing = [k for k in keys.INPUT_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"the batches lack the keys {missing} (have {sorted(batch)})")
+    image_encoder = getattr(model, "image_encoder", None)
+    image_size = getattr(image_encoder, "image_size", None)
+    height, width = batch[keys.IMAGES].shape[1:3]
+    if image_size is not None and (height, width) != (image_size, image_size):
+        raise ValueError(
+            f"the data's images are {height}x{width} but the image encoder expects "
+            f"{image_size}x{image_size}; set the same image size for both"
+        )
+    report_encoder = getattr(model, "report_encoder", None)
+    backbone = getattr(report_encoder, "backbone", None)
+    vocabulary_size = getattr(backbone, "vocabulary_size", None)
+    max_id = int(np.max(batch[keys.TOKEN_IDS]))
+    if vocabulary_size is not None and max_id >= vocabulary_size:
+        raise ValueError(
+            f"the data has token id {max_id} but the report encoder's vocabulary has "
+            f"{vocabulary_size} tokens; use the tokenizer of the report encoder"
+        )
+    max_length = getattr(backbone, "max_sequence_length", None)
+    tokens = batch[keys.TOKEN_IDS].shape[1]
+    if max_length is not None and tokens > max_length:
+        raise ValueError(
+            f"the data has {tokens} tokens per report but the report encoder takes at most "
+            f"{max_length}; lower the tokenizer's max_tokens"
+        )
+    max_sentences = getattr(report_encoder, "max_sentences", None)
+    sentences = batch[keys.SENTENCE_MASK].shape[1]
+    if max_sentences is not None and sentences != max_sentences:
+        raise ValueError(
+            f"the data has {sentences} sentence slots but the report encoder has "
+            f"max_sentences={max_sentences}; set the same value for both"
+        )
+
+
+def _write_data_info(output_dir: Path, train_data, batches_per_epoch: int,
+                     accumulation: int) -> None:
+    """Saves what downstream users of the encoders need: the tokenizer's vocabulary and
+    settings and the pixel normalization."""
+    tokenizer = getattr(train_data, "tokenizer", None)
+    info: dict[str, Any] = {
+        "batches_per_epoch": len(train_data),
+        "batches_per_epoch_used": batches_per_epoch,
+        "gradient_accumulation_steps": accumulation,
+        "batch_size": getattr(train_data, "batch_size", None),
+        "image_size": getattr(train_data, "image_size", None),
+        "pixel_mean": getattr(train_data, "mean", None),
+        "pixel_std": getattr(train_data, "std", None),
+    }
+    if tokenizer is not None and hasattr(tokenizer, "save_vocabulary"):
+        tokenizer.save_vocabulary(output_dir / VOCABULARY_FILE)
+        info["tokenizer"] = {
+            "max_tokens": tokenizer.max_tokens,
+            "max_sentences": tokenizer.max_sentences,
+            "lowercase": tokenizer.lowercase,
+            "vocabulary": VOCABULARY_FILE,
+        }
+    (output_dir / DATA_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _save_atomically(model: keras.Model, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def export_encoders(model: keras.Model, output_dir: str | os.PathLike,
+                    sequence_length: int) -> tuple[Path, Path | None]:
+    """Saves the image encoder and the report encoder of a pretrainer as ``.keras`` files.
+
+    ``image_encoder.keras`` is the ``ResNetImageEncoder`` (images ``(B, H, W, C)`` ->
+    dict of feature maps ``conv1`` .. ``conv5``); ``report_encoder.keras`` is a
+    functional model around the ``BertReportEncoder`` taking ``token_ids``,
+    ``padding_mask`` and ``sentence_ids`` ``(B, T)`` with T = ``sequence_length`` (the
+    tokenizer's ``max_tokens``; a fixed T keeps shape inference working on every
+    backend) and returning ``token_features``
+    ``(B, T, D)`` and ``sentence_features`` ``(B, S, D)``. The projection heads and the
+    alignment model are not exported (they are discarded after pretraining).
+
+    Returns:
+        ``(image_encoder_path, report_encoder_path)`` (the latter None if the model has
+        no report encoder).
+    """
+    output_dir = Path(output_dir)
+    image_path = _save_atomically(model.image_encoder, output_dir / IMAGE_ENCODER_FILE)
+    report_encoder = getattr(model, "report_encoder", None)
+    if report_encoder is None:
+        return image_path, None
+    inputs = {
+        name: keras.Input((int(sequence_length),), dtype="int32", name=name)
+        for name in (keys.TOKEN_IDS, keys.PADDING_MASK, keys.SENTENCE_IDS)
+    }
+    wrapper = keras.Model(inputs, report_encoder(inputs), name="report_encoder")
+    report_path = _save_atomically(wrapper, output_dir / REPORT_ENCODER_FILE)
+    return image_path, report_path
+

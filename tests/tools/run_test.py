@@ -1,0 +1,179 @@
+"""``python -m tools.run``: a whole tiny run, resuming, refusals, gin errors, backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from lovt_keras.models import LOSS_NAMES
+from lovt_keras.training.checkpoints import read_checkpoint_state
+from tools import run
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = "experiments/pretrain/lovt_synthcxr.gin"
+TINY = "gin/debug/tiny.gin"
+
+
+@pytest.fixture(scope="module")
+def synthcxr_bindings(tmp_path_factory):
+    # One small SynthCXR per session (generated on first use by lovt.synthcxr_folder).
+    cache = tmp_path_factory.getbasetemp() / "synthcxr_cache"
+    return [
+        "--bind", f"lovt.synthcxr_folder.cache_dir = '{cache}'",
+        "--bind", "lovt.synthcxr_folder.num_train = 16",
+        "--bind", "lovt.synthcxr_folder.num_validation = 8",
+        "--bind", "lovt.synthcxr_folder.num_test = 4",
+    ]
+
+
+def test_tiny_run_writes_the_whole_run_directory(tmp_path, synthcxr_bindings, capsys):
+    out = tmp_path / "run"
+    argv = ["--gin", EXPERIMENT, "--gin", TINY, *synthcxr_bindings,
+            "--bind", "lovt.pretrain.epochs = 1", "--output_dir", str(out)]
+    assert run.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1  loss " in printed and "done: 1 epochs" in printed
+
+    assert {p.name for p in out.iterdir()} >= {
+        "config.gin", "operative_config.gin", "command.txt", "run_info.json",
+        "metrics.jsonl", "tensorboard", "checkpoints", "image_encoder.keras",
+        "report_encoder.keras", "vocab.txt", "data_info.json",
+    }
+    assert "pretrain.epochs = 1" in (out / "config.gin").read_text()
+    operative = (out / "operative_config.gin").read_text()
+    assert "LoVTPretrainer.projection_dim = 32" in operative
+    assert "resnet_image_encoder.depth = 18" in operative
+    assert (out / "command.txt").read_text().startswith(
+        f"python -m tools.run --gin {EXPERIMENT} --gin {TINY} --bind ")
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["backend"] == keras.backend.backend() and info["seed"] == 12345
+    assert info["versions"]["keras"] == keras.__version__ and info["devices"]
+    assert set(info["git"]) == {"commit", "dirty"} and info["resumed"] is False
+    assert info["result"]["epochs"] == 1 and info["result"]["best_epoch"] == 1
+
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["step"] == 4  # 16 studies / batches of 4
+    for name in ("loss", *LOSS_NAMES):
+        assert np.isfinite(record[name]) and np.isfinite(record[f"val_{name}"]), name
+    # lr after 2 updates of the 2-update epoch: the cosine is at its minimum, 0.
+    assert record["learning_rate"] == pytest.approx(0.0, abs=1e-12)
+    for folder in ("train", "validation"):
+        assert list((out / "tensorboard" / folder).glob("events.out.tfevents.*"))
+    state = read_checkpoint_state(out / "checkpoints" / "last.npz")
+    assert state.finished and state.epoch == 1 and state.global_step == 4
+
+    # The exported encoders load without gin and hold the best checkpoint's weights.
+    image_encoder = keras.saving.load_model(out / "image_encoder.keras", compile=False)
+    features = image_encoder(np.zeros((1, 64, 64, 1), "float32"))
+    assert tuple(features["conv5"].shape) == (1, 2, 2, 512)
+    best = np.load(out / "checkpoints" / "best.npz")
+    meta = json.loads(bytes(best["__meta__"]).decode())
+    paths = [v["path"] for v in meta["groups"]["model"]]
+    kernel = best[f"model.{paths.index('conv1_conv/kernel'):06d}"]
+    (stem,) = [v for v in image_encoder.variables if v.path == "conv1_conv/kernel"]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(stem), kernel)
+    report_encoder = keras.saving.load_model(out / "report_encoder.keras", compile=False)
+    tokens = np.zeros((1, 64), "int32")
+    tokens[0, :3] = [2, 7, 3]
+    outputs = report_encoder({"token_ids": tokens, "padding_mask": (tokens > 0).astype("int32"),
+                              "sentence_ids": np.where(np.arange(64) == 1, 0, -1)[None]})
+    assert tuple(outputs["sentence_features"].shape) == (1, 8, 32)
+
+    # The same command again: the run is complete, so it resumes, trains nothing more.
+    assert run.main(argv) == 0
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["resumed"] is True and len(info["previous_starts"]) == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((out / "command.txt").read_text().splitlines()) == 2
+
+    # Another configuration in the same directory is refused before anything runs.
+    capsys.readouterr()
+    assert run.main([*argv, "--bind", "lovt.pretrain.epochs = 3"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a run with a different configuration" in error
+    assert "'pretrain.epochs = 1' is now 'pretrain.epochs = 3'" in error
+
+
+def test_non_empty_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run.main(["--gin", EXPERIMENT, "--output_dir", str(tmp_path)]) == 2
+    assert "is not empty and holds no config.gin; pass --overwrite" in capsys.readouterr().err
+    argv = ["--gin", EXPERIMENT, "--output_dir", str(tmp_path), "--overwrite"]
+    assert run.main(argv) == 2
+    assert "not a run directory; refusing to delete it" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _error_for(tmp_path, capsys, text, bindings=()):
+    path = tmp_path / "typo.gin"
+    path.write_text(f"include '{EXPERIMENT}'\n{text}\n")
+    argv = ["--gin", str(path), "--dry_run"]
+    for binding in bindings:
+        argv += ["--bind", binding]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return path, err.strip()
+
+
+def test_gin_typos_name_the_file_line_and_closest_names(tmp_path, capsys):
+    path, err = _error_for(tmp_path, capsys, "lovt.LoVTPretainer.projection_dim = 16")
+    assert err == (f"error: {path}:2: unknown configurable 'lovt.LoVTPretainer'; "
+                   "did you mean 'lovt.LoVTPretrainer'?")
+    path, err = _error_for(tmp_path, capsys, "lovt.LoVTPretrainer.spatial_smoothin = False")
+    assert err == (f"error: {path}:2: 'lovt.LoVTPretrainer' has no parameter "
+                   "'spatial_smoothin'; did you mean spatial_smoothing?")
+    path, err = _error_for(tmp_path, capsys, "lovt.run.model = @lovt.LoVTPretrainr")
+    assert err == (f"error: {path}:2: unknown configurable 'lovt.LoVTPretrainr'; "
+                   "did you mean 'lovt.LoVTPretrainer'?")
+    path, err = _error_for(tmp_path, capsys, "lovt.pretrain.seed = %SED")
+    assert err == f"error: {path}:2: undefined macro %SED; did you mean %SEED?"
+    _, err = _error_for(tmp_path, capsys, "", bindings=["lovt.pretrian.epochs = 1"])
+    assert err == ("error: --bind 'lovt.pretrian.epochs = 1': unknown configurable "
+                   "'lovt.pretrian'; did you mean 'lovt.pretrain'?")
+    path, err = _error_for(tmp_path, capsys, "lovt.pretrain.epochs = = 3")
+    assert err.startswith(f"error: {path}:2: syntax error")
+    assert run.main(["--gin", "experiments/nope.gin"]) == 2
+    assert "experiments/nope.gin: no such gin file" in capsys.readouterr().err
+
+
+def test_unset_required_values_are_named(capsys):
+    argv = ["--gin", "experiments/pretrain/lovt_mimic_30.gin", "--gin", TINY, "--dry_run"]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has no value: it is bound to a %gin.REQUIRED macro (MIMIC_CXR_DIR)" in err
+    assert "--bind \"MIMIC_CXR_DIR = '...'\"" in err
+
+
+def _other_backend() -> str:
+    # The quickest other backend for a dry run: torch starts fast, TensorFlow runs the
+    # eager forward pass faster than JAX (which compiles every op on first use).
+    return "tensorflow" if keras.backend.backend() == "torch" else "torch"
+
+
+def test_backend_cannot_change_once_keras_is_imported(capsys):
+    other = _other_backend()
+    assert run.main(["--gin", EXPERIMENT, "--backend", other, "--dry_run"]) == 2
+    assert f"--backend {other}: Keras is already imported with the " in capsys.readouterr().err
+
+
+def test_backend_flag_selects_the_backend_of_a_new_process(synthcxr_bindings):
+    other = _other_backend()
+    command = [sys.executable, "-m", "tools.run", "--gin", EXPERIMENT, "--gin", TINY,
+               *synthcxr_bindings, "--backend", other, "--dry_run"]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"backend: {other}" in done.stdout
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("run_info: ")]
+    assert json.loads(line[len("run_info: "):])["backend"] == other
+    assert "outputs (2 samples): {'image_global': (2, 32)" in done.stdout
+    assert "dry run OK" in done.stdout

@@ -1,0 +1,526 @@
+"""The one program: runs a gin-configured experiment.
+
+    python -m tools.run --gin experiments/pretrain/lovt_synthcxr.gin \\
+        [--gin gin/debug/tiny.gin] [--bind 'lovt.pretrain.epochs = 3'] \\
+        [--output_dir runs/lovt_synthcxr] [--backend jax] [--dry_run] [--overwrite]
+
+Later ``--gin`` files and then the ``--bind`` bindings override earlier values. The
+experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
+``lovt.pretrain``), a model and the data. ``--backend`` sets ``KERAS_BACKEND`` before
+Keras is imported. ``--dry_run`` builds the model and the data, runs one batch through
+the model, prints the summary and exits without writing anything.
+
+A run directory (``--output_dir``, default ``runs/<name of the last --gin file>``)
+holds ``config.gin`` (the parsed configuration), ``operative_config.gin`` (the values
+actually used), ``command.txt``, ``run_info.json`` (package versions, backend, devices,
+git commit and whether the tree was dirty, seed), ``metrics.jsonl``, TensorBoard logs,
+checkpoints and the exported encoders. A non-empty directory is refused unless
+``--overwrite`` is given or it holds a run of the same configuration, which is then
+resumed from its last checkpoint (rerun the same command after an interruption).
+
+``main(argv)`` returns the exit code: 0 done, 1 the run failed, 2 a usage or
+configuration error (reported as ``FILE:LINE: message`` with the closest valid names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import difflib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("tensorflow", "jax", "torch")
+RUNS_DIR = "runs"
+CONFIG_FILE = "config.gin"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+COMMAND_FILE = "command.txt"
+RUN_INFO_FILE = "run_info.json"
+PACKAGES = ("lovt_keras", "keras", "keras-hub", "tensorflow", "jax", "jaxlib", "torch",
+            "numpy", "datasets", "tokenizers", "gin-config")
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported without a traceback (exit code 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.run",
+        description="Run a gin-configured lovt_keras experiment.",
+    )
+    parser.add_argument("--gin", action="append", default=[], metavar="FILE",
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--bind", action="append", default=[], metavar="'NAME = VALUE'",
+                        help="gin binding applied after all files (repeatable)")
+    parser.add_argument("--output_dir", help="run directory (default runs/<last gin file>)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND or Keras' default)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="build the model and the data, print the summary, exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete a non-empty output directory and start afresh")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.gin:
+        parser.error("give at least one --gin FILE")
+    try:
+        _select_backend(args.backend)
+        spec = configure(args.gin, args.bind)
+        if args.dry_run:
+            return _dry_run(spec, args)
+        output_dir = Path(args.output_dir or Path(RUNS_DIR) / Path(args.gin[-1]).stem)
+        resuming = prepare_output_dir(output_dir, _config_text(), args.overwrite)
+        _write_run_files(output_dir, argv, resuming)
+        train_data, val_data = _build_data(spec)
+        _write_operative_config(output_dir)
+        result = spec.program(model=spec.model, train_data=train_data, val_data=val_data,
+                              output_dir=output_dir, verbose=2 if sys.stdout.isatty() else 1)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _write_operative_config(output_dir)
+    _record_end(output_dir, result)
+    return 0
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def _select_backend(backend: str | None) -> None:
+    if backend is None:
+        return
+    if "keras" in sys.modules:
+        import keras
+
+        current = keras.backend.backend()
+        if current != backend:
+            raise ConfigError(
+                f"--backend {backend}: Keras is already imported with the {current} backend "
+                "in this process; the backend can only be chosen before Keras is imported "
+                "(run python -m tools.run in a new process)"
+            )
+    os.environ["KERAS_BACKEND"] = backend
+
+
+# --------------------------------------------------------------------------- gin
+
+
+def _resolve_gin_file(name: str, relative_to: Path | None = None) -> Path | None:
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.append(relative_to / name)
+    candidates.append(REPO_ROOT / name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""")
+
+
+def gin_file_closure(files: list[str]) -> list[Path]:
+    """The given gin files and everything they include, in parse order."""
+    seen: list[Path] = []
+
+    def visit(path: Path):
+        if path.resolve() in [p.resolve() for p in seen]:
+            return
+        seen.append(path)
+        for line in path.read_text().splitlines():
+            match = _INCLUDE.match(line)
+            if match:
+                included = _resolve_gin_file(match.group(1), path.parent)
+                if included is not None:
+                    visit(included)
+
+    for name in files:
+        path = _resolve_gin_file(name)
+        if path is not None:
+            visit(path)
+    return seen
+
+
+def configure(files: list[str], bindings: list[str]):
+    """Parses gin files and bindings and returns the configured ``RunSpec``.
+
+    Raises:
+        ConfigError: a missing file, a syntax error, an unknown configurable, parameter
+            or macro (naming the file, the line and the closest valid names), or an unset
+            required part of ``lovt.run``.
+    """
+    import gin
+
+    from tools import gin_registry
+
+    gin_registry.register()
+    gin_registry.clear_caches()
+    gin.clear_config()
+    if str(REPO_ROOT) not in _search_paths_added:
+        gin.add_config_file_search_path(str(REPO_ROOT))
+        _search_paths_added.add(str(REPO_ROOT))
+    for name in files:
+        path = _resolve_gin_file(name)
+        if path is None:
+            raise ConfigError(f"{name}: no such gin file")
+        try:
+            gin.parse_config_file(str(path))
+        except Exception as error:  # gin raises ValueError, SyntaxError, TokenError, OSError
+            raise ConfigError(_explain(error, str(path))) from None
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as error:
+            raise ConfigError(_explain(error, f"--bind {binding!r}")) from None
+    _check_macros(files, bindings)
+    try:
+        return gin_registry.configured_run()
+    except gin_registry.MissingValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+_search_paths_added: set[str] = set()
+
+_LOCATION = re.compile(r'In file "(?P<file>[^"]+)", line (?P<line>\d+)')
+_BINDING_LOCATION = re.compile(r"In bindings string line \d+")
+_UNKNOWN_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?(?P<name>[^'()]+)")
+_UNKNOWN_PARAMETER = re.compile(
+    r"Configurable '(?P<configurable>[^']+)' doesn't have a parameter named '(?P<param>[^']+)'"
+)
+
+
+def _explain(error: Exception, origin: str) -> str:
+    """``FILE:LINE: what is wrong; did you mean ...?`` for a gin parse error."""
+    from tools import gin_registry
+
+    message = str(error)
+    location = origin
+    match = _LOCATION.search(message)
+    if match:
+        location = f"{match.group('file')}:{match.group('line')}"
+    elif isinstance(error, SyntaxError) and error.lineno and not _BINDING_LOCATION.search(message):
+        location = f"{error.filename or origin}:{error.lineno}"
+    names = sorted(gin_registry.REGISTERED)
+
+    match = _UNKNOWN_CONFIGURABLE.search(message)
+    if match:
+        name = match.group("name")
+        return f"{location}: unknown configurable '{name}'{_did_you_mean(name, _candidates(name, names))}"
+    match = _UNKNOWN_PARAMETER.search(message)
+    if match:
+        configurable, param = match.group("configurable"), match.group("param")
+        full = _full_name(configurable.split("/")[-1], names)
+        options = gin_registry.parameters_of(full) if full else []
+        return (f"{location}: '{configurable}' has no parameter '{param}'"
+                f"{_did_you_mean(param, options, quote='')}")
+    if isinstance(error, SyntaxError):
+        return f"{location}: syntax error: {getattr(error, 'msg', message)}"
+    if isinstance(error, tokenize.TokenError):
+        # ('EOF in multi-line statement', (row, col)): a bracket or string left open.
+        row = error.args[1][0] if len(error.args) > 1 else "?"
+        return f"{origin}:{row}: syntax error: {error.args[0]} (an unclosed bracket or string?)"
+    if isinstance(error, OSError) and "Unable to open file" in message:
+        return f"{location}: {message.splitlines()[0]}"
+    first = message.splitlines()[0] if message else type(error).__name__
+    return f"{location}: {type(error).__name__}: {first}"
+
+
+def _candidates(name: str, names: list[str]) -> list[str]:
+    # Compare like with like: "lovt.X" with full names, "X" with short ones.
+    return names if "." in name else [n.split(".", 1)[1] for n in names]
+
+
+def _full_name(name: str, names: list[str]) -> str | None:
+    for full in names:
+        if full == name or full.split(".", 1)[1] == name:
+            return full
+    return None
+
+
+def _did_you_mean(word: str, options: list[str], quote: str = "'") -> str:
+    """``; did you mean 'a' or 'b'?`` with the closest options (those within 0.05 of the
+    best similarity ratio), or an empty string."""
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    ratios = [difflib.SequenceMatcher(None, word, c).ratio() for c in close]
+    close = [c for c, r in zip(close, ratios) if r >= max(ratios) - 0.05]
+    listed = " or ".join(f"{quote}{c}{quote}" for c in close)
+    return f"; did you mean {listed}?"
+
+
+_STRING = re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"")
+_MACRO_DEFINITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+_MACRO_REFERENCE = re.compile(r"%([A-Za-z_][\w.]*)")
+
+
+def _check_macros(files: list[str], bindings: list[str]) -> None:
+    """Every ``%NAME`` must be defined somewhere (gin itself only checks this when the
+    config is finalized, which also demands unused ``%gin.REQUIRED`` values)."""
+    sources: list[tuple[str, list[str]]] = [
+        (str(path), path.read_text().splitlines()) for path in gin_file_closure(files)
+    ]
+    sources += [(f"--bind {b!r}", b.splitlines()) for b in bindings]
+    defined: set[str] = set()
+    references: list[tuple[str, int, str]] = []
+    for origin, lines in sources:
+        for number, line in enumerate(lines, 1):
+            code = _STRING.sub("''", line.split("#", 1)[0])
+            match = _MACRO_DEFINITION.match(code)
+            if match:
+                defined.add(match.group(1))
+            for name in _MACRO_REFERENCE.findall(code):
+                if name != "gin.REQUIRED":
+                    references.append((origin, number, name))
+    for origin, number, name in references:
+        if name not in defined:
+            where = origin if origin.startswith("--bind") else f"{origin}:{number}"
+            raise ConfigError(
+                f"{where}: undefined macro %{name}"
+                f"{_did_you_mean(f'%{name}', [f'%{d}' for d in sorted(defined)], quote='')}"
+            )
+
+
+def _config_text() -> str:
+    import gin
+
+    return gin.config_str()
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def prepare_output_dir(output_dir: Path, config_text: str, overwrite: bool) -> bool:
+    """Creates or checks the run directory; returns True when resuming a run.
+
+    Raises:
+        ConfigError: the directory is not empty and neither ``overwrite`` is set nor does
+            it hold a run of the same configuration.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if overwrite:
+            if not (output_dir / CONFIG_FILE).is_file():
+                # Never delete a folder that is not a run directory (a mistyped path).
+                raise ConfigError(
+                    f"--overwrite: {output_dir} holds no {CONFIG_FILE}, so it is not a run "
+                    "directory; refusing to delete it"
+                )
+            shutil.rmtree(output_dir)
+        else:
+            config_path = output_dir / CONFIG_FILE
+            if not config_path.is_file():
+                raise ConfigError(
+                    f"--output_dir {output_dir} is not empty and holds no {CONFIG_FILE}; "
+                    "pass --overwrite to replace it or choose another directory"
+                )
+            stored = config_path.read_text()
+            if stored != config_text:
+                raise ConfigError(
+                    f"--output_dir {output_dir} holds a run with a different configuration "
+                    f"({_first_difference(stored, config_text)}); pass --overwrite to "
+                    "replace it, or rerun the command that created it to resume"
+                )
+            return True
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / CONFIG_FILE).write_text(config_text)
+    return False
+
+
+def _first_difference(old: str, new: str) -> str:
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    for number, (a, b) in enumerate(zip(old_lines, new_lines), 1):
+        if a != b:
+            return f"{CONFIG_FILE} line {number}: {a.strip()!r} is now {b.strip()!r}"
+    return f"{CONFIG_FILE} has {len(old_lines)} lines, the new configuration {len(new_lines)}"
+
+
+def _git_info() -> dict:
+    def git(*command):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *command], capture_output=True,
+                              text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return {"commit": commit, "dirty": dirty}
+
+
+def _versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _devices() -> list[str]:
+    import keras
+
+    try:
+        return [str(d) for d in keras.distribution.list_devices()]
+    except Exception:
+        if keras.backend.backend() == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return ["cpu"]
+
+
+def _seed():
+    import gin
+
+    try:
+        value = gin.query_parameter("lovt.pretrain.seed")
+    except (ValueError, KeyError):
+        return None
+    selector = getattr(value, "scoped_selector", "")
+    if selector.endswith("/gin.macro"):
+        try:
+            return gin.query_parameter(f"%{selector.split('/')[0]}")
+        except (ValueError, KeyError):
+            return None
+    return value if isinstance(value, int) else None
+
+
+def run_info() -> dict:
+    """Versions, backend, devices, git state and seed of this process's run."""
+    import keras
+
+    return {
+        "backend": keras.backend.backend(),
+        "devices": _devices(),
+        "versions": _versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git": _git_info(),
+        "seed": _seed(),
+    }
+
+
+def _write_run_files(output_dir: Path, argv: list[str], resuming: bool) -> None:
+    command = "python -m tools.run " + shlex.join(argv)
+    with open(output_dir / COMMAND_FILE, "a", encoding="utf-8") as f:
+        f.write(command + "\n")
+    info_path = output_dir / RUN_INFO_FILE
+    previous = []
+    if resuming and info_path.is_file():
+        old = json.loads(info_path.read_text())
+        previous = old.pop("previous_starts", []) + [old]
+    info = run_info()
+    info.update(
+        command=command,
+        cwd=os.getcwd(),
+        started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        resumed=resuming,
+        previous_starts=previous,
+    )
+    _write_json(info_path, info)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_operative_config(output_dir: Path) -> None:
+    import gin
+
+    (output_dir / OPERATIVE_CONFIG_FILE).write_text(gin.operative_config_str())
+
+
+def _record_end(output_dir: Path, result) -> None:
+    info_path = output_dir / RUN_INFO_FILE
+    info = json.loads(info_path.read_text())
+    info["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    state = getattr(result, "state", None)
+    if state is not None:
+        info["result"] = {
+            "epochs": state.epoch,
+            "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
+            "best_value": state.best_value,
+            "stopped_early": state.stopped_early,
+            "resumed_from": getattr(result, "resumed_from", None),
+        }
+    _write_json(info_path, info)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build_data(spec):
+    from tools.gin_registry import MissingValueError
+
+    try:
+        train_data = spec.train_data()
+        val_data = spec.validation_data() if spec.validation_data is not None else None
+    except (MissingValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from None
+    return train_data, val_data
+
+
+def build_model(spec):
+    """Builds the model of a configured ``RunSpec`` (no data needed)."""
+    from tools.gin_registry import MissingValueError
+
+    try:
+        return spec.model()
+    except MissingValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _dry_run(spec, args) -> int:
+    import keras
+
+    from lovt_keras.training.pretrain import check_batch_fits_model
+
+    train_data, val_data = _build_data(spec)  # first: missing data is the likelier error
+    model = build_model(spec)
+    if isinstance(model, keras.Model) and isinstance(train_data, keras.utils.PyDataset):
+        batch = train_data[0]
+        check_batch_fits_model(model, batch)
+        outputs = model({k: v[:2] for k, v in batch.items()}, training=False)
+        model.summary()
+        print("inputs:", {k: tuple(v.shape) for k, v in batch.items()})
+        print("outputs (2 samples):", {k: tuple(v.shape) for k, v in outputs.items()})
+        print(f"train: {len(train_data)} batches ({train_data!r})")
+        if val_data is not None:
+            print(f"validation: {len(val_data)} batches ({val_data!r})")
+    else:  # e.g. the evaluation program: encoders by method, a list of tasks
+        print(f"model: {model!r}")
+        print(f"train_data: {train_data!r}")
+    print(f"backend: {keras.backend.backend()}")
+    print("run_info:", json.dumps(run_info(), default=str))
+    print("dry run OK: nothing written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
