@@ -1,0 +1,101 @@
+"""The evaluation gin files parse into the intended tasks and encoders."""
+
+from pathlib import Path
+
+import pytest
+
+from lovt_keras.training import evaluation as ev
+from lovt_keras.training.tasks import PAPER_TASKS, SYNTH_TASKS
+from tools import gin_eval, run
+
+REPO = Path(__file__).resolve().parents[2]
+EVAL_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments" / "eval").glob("*.gin"))
+DATA_BINDINGS = [f"{key.upper()}_DATA = '/data/{key}'"
+                 for key in ("rsna", "covid_rural", "siim", "object_cxr", "nih")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    gin_eval.register()
+
+
+def _configure(files, bindings=()):
+    paths = list(files)
+    used = "\n".join((REPO / f).read_text() for f in paths)
+    data = [b for b in DATA_BINDINGS if b.split(" ")[0] in used]
+    return run.configure(paths, data + list(bindings))
+
+
+def test_one_file_per_paper_task_and_per_synthetic_task():
+    names = {Path(f).stem for f in EVAL_FILES}
+    assert {f"task{n:02d}_{task.name}" for n, task in PAPER_TASKS.items()} <= names
+    assert set(SYNTH_TASKS) <= names
+    assert {"all_paper", "all_synth"} <= names
+    assert len(names) == 18 + len(SYNTH_TASKS) + 2
+
+
+@pytest.mark.parametrize("path", EVAL_FILES)
+def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
+    header = [line for line in (REPO / path).read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    assert "python -m tools.run --gin " + path in text
+    assert "Expected:" in text and "Runtime:" in text
+    spec = _configure([path])
+    assert spec.program.__name__ == "evaluate"
+    tasks = spec.train_data()
+    stem = Path(path).stem
+    if stem == "all_paper":
+        assert [t.number for t in tasks] == list(range(1, 19))
+        assert {t.dataset for t in tasks} == {f"/data/{k}" for k in
+                                              ("rsna", "covid_rural", "siim", "object_cxr", "nih")}
+    elif stem == "all_synth":
+        assert [t.name for t in tasks] == list(SYNTH_TASKS)
+    elif stem.startswith("task"):
+        number = int(stem[4:6])
+        assert len(tasks) == 1 and tasks[0] == PAPER_TASKS[number].__class__(
+            **dict(PAPER_TASKS[number].to_dict(), dataset=f"/data/{PAPER_TASKS[number].dataset}"))
+    else:
+        assert [t.name for t in tasks] == [stem]
+        assert tasks[0].image_size == 224
+        assert tasks[0].dataset_options == dict(num_train=1000, num_validation=200,
+                                                num_test=300, seed=1, cache_dir=None)
+    encoders = spec.model()
+    depth = 18 if "synth" in stem else 50
+    assert list(encoders) == ["Random"] and encoders["Random"].depth == depth
+
+
+def test_tiny_overlay_and_encoder_bindings(tmp_path):
+    spec = _configure(["experiments/eval/all_synth.gin", "gin/debug/tiny_eval.gin"])
+    tasks = spec.train_data()
+    assert {(t.image_size, t.max_epochs) for t in tasks} == {(64, 1)}
+    assert tasks[0].dataset_options["num_train"] == 100
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "image_encoder.keras").write_bytes(b"")
+    spec = _configure(["experiments/eval/task09_rsna_linear_100.gin"],
+                      [f"CHECKPOINTS = {{'LoVT': '{tmp_path / 'run'}'}}",
+                       "lovt.eval_encoders.random_init_depth = None"])
+    encoders = spec.model()
+    assert list(encoders) == ["LoVT"] and encoders["LoVT"].path == tmp_path / "run" / "image_encoder.keras"
+
+
+def test_missing_dataset_folder_is_named():
+    from tools.gin_registry import MissingValueError
+
+    spec = run.configure(["experiments/eval/task05_rsna_yolov3_frozen_10.gin"], [])
+    with pytest.raises(MissingValueError, match="RSNA_DATA"):
+        spec.train_data()
+
+
+@pytest.mark.large
+def test_run_main_evaluates_and_writes_the_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOVT_KERAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    code = run.main(["--gin", "experiments/eval/synth_opacity_linear_100.gin",
+                     "--gin", "gin/debug/tiny_eval.gin", "--bind", "lovt.synth_tasks.num_train = 16",
+                     "--output_dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| method | S Opac Lin 100% |" in printed and "| Random |" in printed
+    assert (out / "results.csv").is_file() and (out / "results.md").is_file()
+    assert (out / "Random" / "synth_opacity_linear_100" / "summary.json").is_file()
+    assert len(list(ev.Path(out).rglob("result.json"))) == 3  # 2 lr at seed 0 + seed 1

@@ -1,0 +1,196 @@
+"""gin names of the localized evaluation (``experiments/eval/*.gin``).
+
+Registered like ``tools.gin_registry`` (module ``lovt``, strict factories):
+
+- ``lovt.evaluate``: the program. ``lovt.run.model`` is bound to ``@lovt.eval_encoders``
+  (the encoders to evaluate, the table's rows) and ``lovt.run.train_data`` to
+  ``@lovt.paper_tasks`` or ``@lovt.synth_tasks`` (the tasks, its columns);
+- ``lovt.eval_encoders``: method name -> encoder factory (random init, weights files,
+  pretraining checkpoints);
+- ``lovt.paper_tasks``: paper tasks by number on the prepared dataset folders;
+- ``lovt.synth_tasks``: SynthCXR tasks by name, with the SynthCXR size settings.
+
+``registrations()`` returns them for ``gin_registry._registrations``; ``register()``
+registers them directly (idempotent) until that is wired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+
+TABLE_NAME = "results"
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """What ``lovt.evaluate`` returns.
+
+    Attributes:
+        results: one task summary per (method, task) (see ``evaluate_encoders``).
+        table: the results table (methods x tasks, "mean ± ci" in %).
+        table_paths: the CSV and Markdown files (None without output directory).
+    """
+
+    results: list[dict]
+    table: Any
+    table_paths: tuple[Path, Path] | None = None
+
+
+def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
+             val_data: Any = None, output_dir: str | None = None, verbose: int = 1,
+             seeds: int = 5, table_name: str = TABLE_NAME,
+             fit_verbose: int | None = 0) -> EvaluationResult:
+    """The evaluation program: every encoder on every task, then the table.
+
+    Args:
+        model: zero-argument callable returning ``{method: encoder factory}``
+            (``lovt.run.model = @lovt.eval_encoders``).
+        train_data: the tasks (``lovt.run.train_data = @lovt.paper_tasks``).
+        val_data: unused (the tasks bring their splits); must be None.
+        output_dir: run directory; results under ``<output_dir>/<method>/<task>/``, the
+            table as ``<output_dir>/<table_name>.csv`` and ``.md``.
+        verbose: progress lines per task when > 0.
+        seeds: runs at the selected learning rate (5 in the paper).
+        table_name: file stem of the table.
+        fit_verbose: Keras ``fit`` verbosity of each run (None: ``verbose``).
+    """
+    from lovt_keras.analysis.results_table import results_table, to_markdown, write_table
+    from lovt_keras.training.evaluation import EvalTask, evaluate_encoders
+
+    if val_data is not None:
+        raise ValueError("lovt.evaluate takes its data from the tasks; leave lovt.run.validation_data unset")
+    tasks = list(train_data)
+    bad = [type(t).__name__ for t in tasks if not isinstance(t, EvalTask)]
+    if bad or not tasks:
+        raise ValueError(
+            "lovt.evaluate expects lovt.run.train_data to give EvalTasks (e.g. "
+            f"@lovt.paper_tasks or @lovt.synth_tasks), got {bad or 'no task'}"
+        )
+    encoders = model() if callable(model) else model
+    results = evaluate_encoders(
+        encoders, tasks, seeds=seeds, output_dir=output_dir,
+        verbose=verbose if fit_verbose is None else fit_verbose,
+        log=(lambda line: print(line, flush=True)) if verbose else None,
+    )
+    table = results_table(results)
+    paths = None
+    if output_dir is not None:
+        paths = write_table(table, Path(output_dir) / table_name)
+    print(to_markdown(table), end="", file=sys.stdout, flush=True)
+    return EvaluationResult(results, table, paths)
+
+
+def eval_encoders(checkpoints: Mapping[str, str] | None = None,
+                  weights_files: Mapping[str, str] | None = None,
+                  random_init_depth: int | None = 50, weights_depth: int = 50,
+                  random_name: str = "Random") -> dict[str, Callable]:
+    """The encoders to evaluate, in table order: random init, weights files, checkpoints.
+
+    Args:
+        checkpoints: method name -> pretraining run directory or ``image_encoder.keras``.
+        weights_files: method name -> local weights file of a ResNet of
+            ``weights_depth`` (e.g. ``{'ImageNet': '/weights/resnet50.weights.h5'}``).
+        random_init_depth: depth of the randomly initialized baseline; None = none.
+        weights_depth: depth of the ``weights_files`` ResNets.
+        random_name: row name of the random baseline.
+    """
+    from lovt_keras.training.evaluation import from_checkpoint, from_weights_file, random_init
+
+    encoders: dict[str, Callable] = {}
+    if random_init_depth is not None:
+        encoders[random_name] = random_init(int(random_init_depth))
+    for name, path in dict(weights_files or {}).items():
+        encoders[name] = from_weights_file(path, depth=weights_depth)
+    for name, path in dict(checkpoints or {}).items():
+        if name in encoders:
+            raise ValueError(f"two encoders named {name!r}")
+        encoders[name] = from_checkpoint(path)
+    if not encoders:
+        raise ValueError("lovt.eval_encoders: no encoder (set CHECKPOINTS, WEIGHTS_FILES or "
+                         "random_init_depth)")
+    return encoders
+
+
+def paper_tasks(numbers: Sequence[int] | None = None, rsna: str | None = None,
+                covid_rural: str | None = None, siim: str | None = None,
+                object_cxr: str | None = None, nih: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> list:
+    """Paper tasks ``numbers`` (None = all 18) on the prepared dataset folders.
+
+    Args:
+        numbers: task numbers of the paper table.
+        rsna, covid_rural, siim, object_cxr, nih: dataset folders (only those the
+            chosen tasks use are required).
+        overrides: ``EvalTask`` fields set on every task (e.g. ``{'max_epochs': 1}``).
+    """
+    from lovt_keras.training.tasks import PAPER_TASKS, paper_task
+
+    folders = dict(rsna=rsna, covid_rural=covid_rural, siim=siim, object_cxr=object_cxr,
+                   nih=nih)
+    chosen = sorted(PAPER_TASKS) if numbers is None else [int(n) for n in numbers]
+    tasks = []
+    for number in chosen:
+        if number not in PAPER_TASKS:
+            raise ValueError(f"lovt.paper_tasks: no task {number}; the tasks are numbered 1-18")
+        key = PAPER_TASKS[number].dataset
+        if folders[key] is None:
+            raise ValueError(
+                f"lovt.paper_tasks: task {number} needs the {key} dataset folder: set "
+                f"{key.upper()}_DATA (e.g. --bind \"{key.upper()}_DATA = '/data/{key}'\")"
+            )
+        tasks.append(paper_task(number, folders[key], **dict(overrides or {})))
+    return tasks
+
+
+def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
+                num_train: int = 1000, num_validation: int = 200, num_test: int = 300,
+                seed: int = 1, cache_dir: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> list:
+    """SynthCXR tasks ``names`` (None = all) on a SynthCXR set of the given size.
+
+    Args:
+        names: keys of ``lovt_keras.training.tasks.SYNTH_TASKS``.
+        image_size: image size of the generated set and the models.
+        num_train, num_validation, num_test, seed: the generated evaluation set
+            (seed 1: not the pretraining images, which use seed 0).
+        cache_dir: SynthCXR cache (default ``$LOVT_KERAS_CACHE/synthcxr``).
+        overrides: other ``EvalTask`` fields set on every task.
+    """
+    from lovt_keras.training.tasks import SYNTH_TASKS, synth_task
+
+    chosen = list(SYNTH_TASKS) if names is None else list(names)
+    data = dict(num_train=num_train, num_validation=num_validation, num_test=num_test,
+                seed=seed, cache_dir=cache_dir)
+    return [synth_task(name, image_size=image_size, dataset_options=data,
+                       **dict(overrides or {})) for name in chosen]
+
+
+def registrations() -> dict[str, Callable]:
+    """gin name (without ``lovt.``) -> callable, for ``gin_registry._registrations``."""
+    return {
+        "evaluate": evaluate,
+        "eval_encoders": eval_encoders,
+        "paper_tasks": paper_tasks,
+        "synth_tasks": synth_tasks,
+    }
+
+
+def register() -> None:
+    """Registers the evaluation names with gin unless ``gin_registry`` already did."""
+    from tools import gin_registry
+
+    gin_registry.register()
+    for name, target in registrations().items():
+        full = f"{gin_registry.MODULE}.{name}"
+        if full in gin_registry.REGISTERED:
+            continue
+        gin_registry.CONFIGURED[full] = gin.external_configurable(
+            gin_registry._strict_factory(target, name), name=name, module=gin_registry.MODULE
+        )
+        gin_registry.REGISTERED[full] = target
