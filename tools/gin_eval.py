@@ -17,6 +17,7 @@ registers them directly (idempotent) until that is wired.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -89,7 +90,8 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
 def eval_encoders(checkpoints: Mapping[str, str] | None = None,
                   weights_files: Mapping[str, str] | None = None,
                   random_init_depth: int | None = 50, weights_depth: int = 50,
-                  random_name: str = "Random") -> dict[str, Callable]:
+                  random_name: str = "Random", random_init_width: int = 64
+                  ) -> dict[str, Callable]:
     """The encoders to evaluate, in table order: random init, weights files, checkpoints.
 
     Args:
@@ -97,6 +99,7 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
         weights_files: method name -> local weights file of a ResNet of
             ``weights_depth`` (e.g. ``{'ImageNet': '/weights/resnet50.weights.h5'}``).
         random_init_depth: depth of the randomly initialized baseline; None = none.
+        random_init_width: its first-stage filters (64 = the standard ResNet).
         weights_depth: depth of the ``weights_files`` ResNets.
         random_name: row name of the random baseline.
     """
@@ -104,7 +107,7 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
 
     encoders: dict[str, Callable] = {}
     if random_init_depth is not None:
-        encoders[random_name] = random_init(int(random_init_depth))
+        encoders[random_name] = random_init(int(random_init_depth), int(random_init_width))
     for name, path in dict(weights_files or {}).items():
         encoders[name] = from_weights_file(path, depth=weights_depth)
     for name, path in dict(checkpoints or {}).items():
@@ -169,6 +172,118 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                 seed=seed, cache_dir=cache_dir)
     return [synth_task(name, image_size=image_size, dataset_options=data,
                        **dict(overrides or {})) for name in chosen]
+
+
+def configured_seeds() -> int:
+    """``lovt.evaluate.seeds`` as the parsed gin files bind it (macros followed), else
+    the default of :func:`evaluate`."""
+    from tools.gin_registry import MODULE
+
+    key = f"{MODULE}.evaluate.seeds"
+    value: Any = inspect.signature(evaluate).parameters["seeds"].default
+    for _ in range(10):  # a chain of macros: seeds = %SEEDS, SEEDS = %N, ...
+        try:
+            bound = gin.query_parameter(key)
+        except (ValueError, KeyError):
+            break
+        selector = getattr(bound, "scoped_selector", "")
+        if not selector.endswith("/gin.macro"):
+            value = bound
+            break
+        key = f"%{selector.split('/')[0]}"
+    return int(value)
+
+
+def _dataset_text(task: Any) -> str:
+    from lovt_keras.training.evaluation import SYNTHCXR
+
+    if task.dataset != SYNTHCXR:
+        return f"dataset folder {task.dataset}"
+    options = task.dataset_options
+    sizes = "/".join(str(options.get(k, "?")) for k in ("num_train", "num_validation", "num_test"))
+    cache = f", cache {options['cache_dir']}" if options.get("cache_dir") else ""
+    return (f"SynthCXR {sizes} train/validation/test images at {task.image_size} px, "
+            f"seed {options.get('seed', '?')}{cache}")
+
+
+def _missing_folder_hint(task: Any) -> str:
+    """How to provide a paper task's dataset folder."""
+    from lovt_keras.training.tasks import PAPER_TASKS
+
+    if task.number not in PAPER_TASKS:
+        return ""
+    key = PAPER_TASKS[task.number].dataset
+    return (f" (the {key} folder of task {task.number}: prepare it with `python -m "
+            f"tools.prepare {key.replace('_', '-')}` and bind {key.upper()}_DATA)")
+
+
+def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds: int,
+                        log: Callable[[str], None] = print) -> list[str]:
+    """Prints what ``lovt.evaluate`` would run, without training: every encoder (built
+    once) and every task with its recipe and its data (built: the split sizes after the
+    label fraction, the stored image size, the classes).
+
+    SynthCXR sets are generated into their cache on first use, as the run would do;
+    nothing else is written.
+
+    Args:
+        encoders: method name -> encoder factory (``lovt.eval_encoders``).
+        tasks: the ``EvalTask``s (``lovt.paper_tasks`` / ``lovt.synth_tasks``).
+        seeds: runs per task at the selected learning rate.
+        log: where the lines go.
+
+    Returns:
+        One line per encoder or task that could not be built (naming the file or
+        folder); empty when everything can be built.
+    """
+    from lovt_keras.data.downstream_batches import DownstreamDataError
+    from lovt_keras.training.evaluation import DETECTION, dataset_folder, task_data
+
+    problems = []
+    runs = sum(len(t.lr_grid) + seeds - 1 for t in tasks)
+    log(f"evaluation: {len(encoders)} encoder(s) x {len(tasks)} task(s); per task the lr grid "
+        f"at seed 0, then {seeds - 1} more seed(s) at the best lr ({runs} runs per encoder)")
+    log("encoders:")
+    image_size = tasks[0].image_size if tasks else 224
+    for name, factory in encoders.items():
+        try:
+            encoder = factory(image_size)
+        except (OSError, ValueError, TypeError) as error:
+            problems.append(f"encoder {name!r} ({factory!r}): {error}")
+            log(f"  {name}: {getattr(factory, 'description', factory)}: ERROR {error}")
+            continue
+        description = str(getattr(factory, "description", factory))
+        architecture = f"ResNet-{encoder.depth}"
+        if architecture not in description:  # e.g. a checkpoint: its depth is in the file
+            description += f": {architecture}"
+        log(f"  {name}: {description}, {encoder.count_params():,} parameters")
+        del encoder
+    log("tasks:")
+    for task in tasks:
+        log(f"  {task.name} [{task.column}]: {task.head} head, "
+            f"{'frozen' if task.frozen else 'fine-tuned'} encoder, {task.task_type} "
+            f"({task.metric}); classes {', '.join(task.classes) if task.classes else 'all'}")
+        log(f"    {_dataset_text(task)}; label fraction {task.label_fraction:g}, validation "
+            f"fraction {task.validation_fraction:g}; lr grid "
+            f"{', '.join(f'{lr:g}' for lr in task.lr_grid)}; batch {task.batch_size}; up to "
+            f"{task.max_epochs} epoch(s), patience {task.patience}"
+            f"{f', warm-up {task.warmup_steps} steps' if task.warmup_steps else ''}; "
+            f"{seeds} seed(s)")
+        try:
+            folder = dataset_folder(task)
+            data = task_data(task)
+        except (OSError, DownstreamDataError, ValueError) as error:
+            hint = _missing_folder_hint(task) if isinstance(error, FileNotFoundError) else ""
+            problems.append(f"task {task.name}: {error}{hint}")
+            log(f"    data: ERROR {error}{hint}")
+            continue
+        train = data["train"]
+        counts = ", ".join(f"{split} {len(b.ids)}" for split, b in data.items())
+        boxes = f", up to {train.max_boxes} boxes per image" if task.task_type == DETECTION else ""
+        names = [train.class_names[i] for i in train.class_ids]
+        log(f"    data: {folder}: {counts} images ({len(train)} train batches), "
+            f"{train.image_size} px, {train.num_classes} class(es) {names}{boxes}")
+    return problems
 
 
 def registrations() -> dict[str, Callable]:

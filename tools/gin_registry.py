@@ -130,13 +130,14 @@ def synthcxr_folder(cache_dir: str | None = None, num_train: int = 2000,
 
 
 def resnet_image_encoder(depth: int = 50, image_size: int = 224, input_channels: int = 1,
-                         weights: str | None = None):
+                         weights: str | None = None, width: int = 64):
     """A ``ResNetImageEncoder``, optionally initialized from a local weights file (e.g.
-    converted ImageNet weights; nothing is downloaded)."""
+    converted ImageNet weights; nothing is downloaded); ``width`` < 64 builds a narrower
+    ResNet (first-stage filters)."""
     from lovt_keras.models import ResNetImageEncoder, load_image_encoder_weights
 
     encoder = ResNetImageEncoder(depth=depth, image_size=image_size,
-                                 input_channels=input_channels)
+                                 input_channels=input_channels, width=width)
     if weights:
         load_image_encoder_weights(encoder, weights)
     return encoder

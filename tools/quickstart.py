@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item}: unknown field {name!r}; fields: {sorted(fields)}")
         default = getattr(QuickstartConfig(), name)
         if isinstance(default, tuple):
-            overrides[name] = tuple(v for v in value.split(",") if v)
+            kind = type(default[0]) if default else str
+            overrides[name] = tuple(kind(v) for v in value.split(",") if v)
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                parser.error(f"--set {item}: {name} takes true or false")
+            overrides[name] = value.lower() in ("true", "1")
         else:
             overrides[name] = type(default)(value)
     if args.overwrite and os.path.isdir(args.output_dir):

@@ -8,7 +8,10 @@ Later ``--gin`` files and then the ``--bind`` bindings override earlier values. 
 experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
 ``lovt.pretrain``), a model and the data. ``--backend`` sets ``KERAS_BACKEND`` before
 Keras is imported. ``--dry_run`` builds the model and the data, runs one batch through
-the model, prints the summary and exits without writing anything.
+the model, prints the summary and exits without writing anything; for the evaluation
+program (``lovt.evaluate``) it builds every encoder and every task's data and prints the
+encoders, each task's recipe and split sizes, or the dataset folders that are missing
+(exit code 2).
 
 A run directory (``--output_dir``, default ``runs/<name of the last --gin file>``)
 holds ``config.gin`` (the parsed configuration), ``operative_config.gin`` (the values
@@ -502,24 +505,59 @@ def _dry_run(spec, args) -> int:
     from lovt_keras.training.pretrain import check_batch_fits_model
 
     train_data, val_data = _build_data(spec)  # first: missing data is the likelier error
-    model = build_model(spec)
-    if isinstance(model, keras.Model) and isinstance(train_data, keras.utils.PyDataset):
-        batch = train_data[0]
-        check_batch_fits_model(model, batch)
-        outputs = model({k: v[:2] for k, v in batch.items()}, training=False)
-        model.summary()
-        print("inputs:", {k: tuple(v.shape) for k, v in batch.items()})
-        print("outputs (2 samples):", {k: tuple(v.shape) for k, v in outputs.items()})
-        print(f"train: {len(train_data)} batches ({train_data!r})")
-        if val_data is not None:
-            print(f"validation: {len(val_data)} batches ({val_data!r})")
-    else:  # e.g. the evaluation program: encoders by method, a list of tasks
-        print(f"model: {model!r}")
-        print(f"train_data: {train_data!r}")
+    if _is_evaluation(train_data):
+        _dry_run_evaluation(spec, train_data, val_data)
+    else:
+        model = build_model(spec)
+        if isinstance(model, keras.Model) and isinstance(train_data, keras.utils.PyDataset):
+            batch = train_data[0]
+            check_batch_fits_model(model, batch)
+            outputs = model({k: v[:2] for k, v in batch.items()}, training=False)
+            model.summary()
+            print("inputs:", {k: tuple(v.shape) for k, v in batch.items()})
+            print("outputs (2 samples):", {k: tuple(v.shape) for k, v in outputs.items()})
+            print(f"train: {len(train_data)} batches ({train_data!r})")
+            if val_data is not None:
+                print(f"validation: {len(val_data)} batches ({val_data!r})")
+        else:
+            print(f"model: {model!r}")
+            print(f"train_data: {train_data!r}")
     print(f"backend: {keras.backend.backend()}")
     print("run_info:", json.dumps(run_info(), default=str))
     print("dry run OK: nothing written")
     return 0
+
+
+def _is_evaluation(train_data) -> bool:
+    """The evaluation program's data: a list of ``EvalTask``s (``lovt.paper_tasks`` /
+    ``lovt.synth_tasks``)."""
+    from lovt_keras.training.evaluation import EvalTask
+
+    return (isinstance(train_data, list | tuple) and len(train_data) > 0
+            and all(isinstance(t, EvalTask) for t in train_data))
+
+
+def _dry_run_evaluation(spec, tasks, val_data) -> None:
+    """Builds the encoders and every task's data and prints them (``lovt.evaluate``).
+
+    Raises:
+        ConfigError: an encoder or a task's data cannot be built (all problems listed,
+            after the summary of everything else).
+    """
+    from tools import gin_eval
+
+    if val_data is not None:
+        raise ConfigError("lovt.evaluate takes its data from the tasks; leave "
+                          "lovt.run.validation_data unset")
+    try:
+        encoders = build_model(spec)
+    except (FileNotFoundError, ValueError) as error:  # a missing checkpoint, no encoder
+        # gin appends "In call to configurable ..." lines; the first part says it all.
+        message = str(error).split("\n  In call to configurable")[0]
+        raise ConfigError(message) from None
+    problems = gin_eval.describe_evaluation(encoders, list(tasks), gin_eval.configured_seeds())
+    if problems:
+        raise ConfigError(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
 
 
 if __name__ == "__main__":

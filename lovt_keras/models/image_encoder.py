@@ -15,6 +15,10 @@ RESNET_CONFIGS = {
     152: dict(block_type="bottleneck_block", stackwise_num_blocks=[3, 8, 36, 3]),
 }
 
+# keras-hub's ResNetBackbone only accepts the standard width (64 first-stage filters);
+# narrower ResNets (the CPU quickstart) are built by ``build_resnet_features``.
+STANDARD_WIDTH = 64
+
 # Names of the feature maps, as in the official code (torchvision layer names):
 # conv1 = stem after ReLU (stride 2), conv2..conv5 = layer1..layer4 (strides 4..32).
 FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -37,6 +41,73 @@ def build_resnet_backbone(depth: int, image_size: int | None = None,
         dtype=dtype,
         **cfg,
     )
+
+
+def _conv_bn(x, filters: int, kernel_size: int, stride: int, name: str, dtype, relu: bool = True):
+    """Conv (no bias) -> BatchNorm [-> ReLU], padded like torchvision (``k // 2`` each side)."""
+    layers = keras.layers
+    if kernel_size > 1:
+        x = layers.ZeroPadding2D(kernel_size // 2, dtype=dtype, name=f"{name}_pad")(x)
+    # Default (Glorot uniform) initializer, as keras-hub's ResNetBackbone.
+    x = layers.Conv2D(filters, kernel_size, strides=stride, use_bias=False, dtype=dtype,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name=f"{name}_bn")(x)
+    if relu:
+        x = layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
+    return x
+
+
+def _residual_block(x, filters: int, stride: int, bottleneck: bool, shortcut: bool, name: str,
+                    dtype):
+    """torchvision ``BasicBlock`` / ``Bottleneck`` (stride on the 3x3 conv, "ResNet v1.5")."""
+    out_filters = 4 * filters if bottleneck else filters
+    residual = (_conv_bn(x, out_filters, 1, stride, f"{name}_0", dtype, relu=False)
+                if shortcut else x)
+    if bottleneck:
+        y = _conv_bn(x, filters, 1, 1, f"{name}_1", dtype)
+        y = _conv_bn(y, filters, 3, stride, f"{name}_2", dtype)
+        y = _conv_bn(y, out_filters, 1, 1, f"{name}_3", dtype, relu=False)
+    else:
+        y = _conv_bn(x, filters, 3, stride, f"{name}_1", dtype)
+        y = _conv_bn(y, filters, 3, 1, f"{name}_2", dtype, relu=False)
+    y = keras.layers.Add(dtype=dtype, name=f"{name}_add")([residual, y])
+    return keras.layers.Activation("relu", dtype=dtype, name=f"{name}_out")(y)
+
+
+def build_resnet_features(depth: int, width: int, image_size: int | None = None,
+                          dtype=None) -> keras.Model:
+    """A torchvision-layout ResNet of any width, returning its stage outputs by name.
+
+    The same architecture as ``build_resnet_backbone`` (7x7 stem, max pool, four stages
+    of basic or bottleneck blocks with strides 1, 2, 2, 2) with ``width`` first-stage
+    filters instead of 64 (stage ``i`` has ``width * 2**i``, times 4 after a bottleneck).
+    keras-hub's ``ResNetBackbone`` refuses any width but 64, so narrower networks are
+    built here. Input: ``(B, H, W, 3)``; output: ``{"conv1": ..., ..., "conv5": ...}``.
+    """
+    if depth not in RESNET_CONFIGS:
+        raise ValueError(
+            f"Unsupported ResNet depth {depth}; choose one of {sorted(RESNET_CONFIGS)}."
+        )
+    if width < 1:
+        raise ValueError(f"width must be a positive number of filters, got {width}.")
+    cfg = RESNET_CONFIGS[depth]
+    bottleneck = cfg["block_type"] == "bottleneck_block"
+    images = keras.Input((image_size, image_size, 3), name="rgb")
+    x = _conv_bn(images, width, 7, 2, "conv1", dtype)
+    outputs = {"conv1": x}
+    x = keras.layers.ZeroPadding2D(1, dtype=dtype, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, dtype=dtype, name="pool1_pool")(x)
+    for stage, blocks in enumerate(cfg["stackwise_num_blocks"]):
+        filters = width * 2**stage
+        for block in range(blocks):
+            first = block == 0
+            stride = 2 if first and stage > 0 else 1
+            # torchvision adds a projection shortcut when the shape changes.
+            shortcut = first and (stage > 0 or bottleneck)
+            x = _residual_block(x, filters, stride, bottleneck, shortcut,
+                                f"stack{stage}_block{block}", dtype)
+        outputs[f"conv{stage + 2}"] = x
+    return keras.Model(images, outputs, name="resnet_features")
 
 
 @keras.saving.register_keras_serializable(package="lovt_keras")
@@ -66,27 +137,36 @@ class ResNetImageEncoder(keras.Model):
         depth: 18, 34, 50, 101 or 152.
         image_size: input height and width (None for any size).
         input_channels: 1 (grayscale) or 3.
+        width: first-stage filters; 64 (the standard ResNet, a keras-hub
+            ``ResNetBackbone`` that ImageNet weights fit) or a narrower network built by
+            ``build_resnet_features`` (e.g. 16 for the CPU quickstart: about 1/16 of
+            the compute; then ``backbone`` is that plain functional model).
     """
 
     def __init__(self, depth: int = 50, image_size: int | None = 224, input_channels: int = 1,
-                 **kwargs):
+                 width: int = STANDARD_WIDTH, **kwargs):
         if input_channels not in (1, 3):
             raise ValueError(f"input_channels must be 1 or 3, got {input_channels}.")
         dtype = kwargs.pop("dtype", None)
-        backbone = build_resnet_backbone(depth, image_size, dtype=dtype)
-        stem = backbone.get_layer("conv1_relu").output
-        pyramid = backbone.pyramid_outputs
-        feature_model = keras.Model(
-            backbone.inputs,
-            {
-                "conv1": stem,
-                "conv2": pyramid["P2"],
-                "conv3": pyramid["P3"],
-                "conv4": pyramid["P4"],
-                "conv5": pyramid["P5"],
-            },
-            name="resnet_features",
-        )
+        width = int(width)
+        if width == STANDARD_WIDTH:
+            backbone = build_resnet_backbone(depth, image_size, dtype=dtype)
+            stem = backbone.get_layer("conv1_relu").output
+            pyramid = backbone.pyramid_outputs
+            feature_model = keras.Model(
+                backbone.inputs,
+                {
+                    "conv1": stem,
+                    "conv2": pyramid["P2"],
+                    "conv3": pyramid["P3"],
+                    "conv4": pyramid["P4"],
+                    "conv5": pyramid["P5"],
+                },
+                name="resnet_features",
+            )
+        else:
+            feature_model = build_resnet_features(depth, width, image_size, dtype=dtype)
+            backbone = feature_model
         images = keras.Input((image_size, image_size, input_channels), name="images")
         rgb = GrayscaleToRGB(dtype=dtype, name="grayscale_to_rgb")(images)
         features = feature_model(rgb)
@@ -97,10 +177,12 @@ class ResNetImageEncoder(keras.Model):
         self.depth = depth
         self.image_size = image_size
         self.input_channels = input_channels
+        self.width = width
 
     @property
-    def backbone(self) -> keras_hub.models.ResNetBackbone:
-        """The keras-hub ``ResNetBackbone`` whose layers this model uses."""
+    def backbone(self) -> keras.Model:
+        """The keras-hub ``ResNetBackbone`` whose layers this model uses (width 64), or
+        the functional ResNet of ``build_resnet_features`` (other widths)."""
         return self._backbone
 
     @property
@@ -113,6 +195,7 @@ class ResNetImageEncoder(keras.Model):
             "depth": self.depth,
             "image_size": self.image_size,
             "input_channels": self.input_channels,
+            "width": self.width,
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),

@@ -63,7 +63,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from lovt_keras.metrics import iou_xywh
+from lovt_keras.metrics import xywh_to_xyxy
 from lovt_keras.models.linear_segmentation import torch_default_kernel_initializer
 
 Tensor = Any
@@ -597,6 +597,76 @@ def decode_predictions(
     return np.concatenate(decoded, axis=1).astype(np.float32)
 
 
+# Rows of the IoU matrix computed at once by non_max_suppression: (block, N) float64
+# temporaries of ~0.8 MB for N = 3087 stay in cache (measured fastest at 32 on a 224 px
+# untrained head; 16-128 are within 20 %).
+_NMS_BLOCK = 32
+
+
+def _suppression_hits(
+    rows: np.ndarray, columns: np.ndarray, row_area: np.ndarray, column_area: np.ndarray,
+    nms_iou: float,
+) -> np.ndarray:
+    """``(R, K)`` bool: IoU of each row box with each column box is not ``< nms_iou``.
+
+    Boxes are ``(4, R, 1)`` / ``(4, 1, K)`` stacks of ``x1, y1, x2, y2`` (float64), areas
+    ``(R, 1)`` / ``(1, K)``. The arithmetic repeats :func:`lovt_keras.metrics.iou_xywh`
+    operation by operation (so the IoUs are bitwise equal; NaN IoUs, from non-finite
+    boxes, count as hits as in the official ``ious < nms_thres`` test), in place to spare
+    temporaries.
+    """
+    width = np.minimum(rows[2], columns[2])
+    width -= np.maximum(rows[0], columns[0])
+    width += 1.0
+    np.maximum(width, 0.0, out=width)
+    height = np.minimum(rows[3], columns[3])
+    height -= np.maximum(rows[1], columns[1])
+    height += 1.0
+    np.maximum(height, 0.0, out=height)
+    width *= height  # the intersection
+    union = row_area + column_area
+    union -= width
+    width /= union  # the IoU
+    return ~(width < nms_iou)
+
+
+def _greedy_nms(corner: np.ndarray, nms_iou: float) -> np.ndarray:
+    """Indices kept by greedy NMS of ``(N, 4)`` ``(x, y, w, h)`` boxes sorted by score.
+
+    Equal to keeping the first box, dropping the later ones with IoU ``>= nms_iou`` and
+    repeating on the rest, but computes the IoUs of a block of ``_NMS_BLOCK`` boxes with
+    all later boxes still alive in one vectorized call (the box-by-box loop spent its
+    time in per-call overhead); boxes suppressed by earlier blocks are skipped as rows
+    and as columns.
+    """
+    xyxy = xywh_to_xyxy(corner)
+    area = (xyxy[:, 2] - xyxy[:, 0] + 1.0) * (xyxy[:, 3] - xyxy[:, 1] + 1.0)
+    coordinates = np.ascontiguousarray(xyxy.T)  # (4, N)
+    count = len(corner)
+    suppressed = np.zeros(count, dtype=bool)
+    kept = []
+    for start in range(0, count, _NMS_BLOCK):
+        alive = start + np.flatnonzero(~suppressed[start:])
+        rows = alive[: np.searchsorted(alive, start + _NMS_BLOCK)]
+        if not rows.size:
+            continue
+        hits = _suppression_hits(
+            coordinates[:, rows, None], coordinates[:, None, alive],
+            area[rows, None], area[None, alive], nms_iou,
+        )  # (R, K); the first R columns are the rows themselves
+        num_rows = len(rows)
+        dropped = np.zeros(num_rows, dtype=bool)
+        kept_rows = []
+        for i in range(num_rows):  # the greedy pass inside the block
+            if not dropped[i]:
+                kept_rows.append(i)
+                dropped[i + 1 :] |= hits[i, i + 1 : num_rows]
+        kept.extend(rows[kept_rows].tolist())
+        later = hits[kept_rows, num_rows:].any(axis=0)
+        suppressed[alive[num_rows:][later]] = True
+    return np.asarray(kept, dtype=np.int64)
+
+
 def non_max_suppression(
     detections: np.ndarray,
     conf_threshold: float = 0.2,
@@ -607,7 +677,9 @@ def non_max_suppression(
     Per image: keep predictions with objectness ``>= conf_threshold``; class = argmax of
     the class probabilities; per class (ascending id), visit by objectness descending
     (stable), keep the best remaining box and drop the others with IoU ``>= nms_iou``
-    (IoU with the "+1 pixel" areas of the official ``bbox_iou``).
+    (IoU with the "+1 pixel" areas of the official ``bbox_iou``, as
+    :func:`lovt_keras.metrics.iou_xywh`; a NaN IoU also drops). The IoUs are computed
+    block-wise (see ``_greedy_nms``); the result is identical to the box-by-box loop.
 
     Args:
         detections: ``(B, N, 5 + C)`` from :func:`decode_predictions`.
@@ -629,17 +701,12 @@ def non_max_suppression(
         image = image[image[:, 4] >= conf_threshold]
         corner = np.concatenate([image[:, :2] - image[:, 2:4] / 2.0, image[:, 2:4]], axis=1)
         classes = np.argmax(image[:, 5:], axis=1) if len(image) else np.zeros(0, np.int64)
-        kept = []
+        kept = [np.zeros(0, np.int64)]
         for c in np.unique(classes):
             candidates = np.where(classes == c)[0]
             candidates = candidates[np.argsort(-image[candidates, 4], kind="stable")]
-            while candidates.size:
-                best, candidates = candidates[0], candidates[1:]
-                kept.append(best)
-                if candidates.size:
-                    iou = iou_xywh(corner[best : best + 1], corner[candidates])[0]
-                    candidates = candidates[iou < nms_iou]
-        kept = np.asarray(kept, dtype=np.int64)
+            kept.append(candidates[_greedy_nms(corner[candidates], nms_iou)])
+        kept = np.concatenate(kept)
         results.append(
             (
                 corner[kept].astype(np.float32).reshape(-1, 4),

@@ -54,7 +54,11 @@ from lovt_keras.models.downstream import (
     downstream_optimizer,
     fit_with_warmup,
 )
-from lovt_keras.models.image_encoder import ResNetImageEncoder, load_image_encoder_weights
+from lovt_keras.models.image_encoder import (
+    STANDARD_WIDTH,
+    ResNetImageEncoder,
+    load_image_encoder_weights,
+)
 from lovt_keras.models.linear_segmentation import LinearSegmentationHead
 from lovt_keras.models.unet import UNetHead
 from lovt_keras.models.yolov3 import LOVT_ANCHORS, YOLOv3Head
@@ -233,12 +237,14 @@ class EncoderFactory:
 class _RandomInit(EncoderFactory):
     deterministic = False
 
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, width: int = STANDARD_WIDTH):
         self.depth = int(depth)
-        self.description = f"random init ResNet-{self.depth}"
+        self.width = int(width)
+        suffix = "" if self.width == STANDARD_WIDTH else f" (width {self.width})"
+        self.description = f"random init ResNet-{self.depth}{suffix}"
 
     def __call__(self, image_size: int) -> ResNetImageEncoder:
-        return ResNetImageEncoder(depth=self.depth, image_size=image_size)
+        return ResNetImageEncoder(depth=self.depth, image_size=image_size, width=self.width)
 
 
 class _StoredWeights(EncoderFactory):
@@ -248,6 +254,7 @@ class _StoredWeights(EncoderFactory):
         self.path = Path(path)
         self.depth = depth
         self.input_channels = 1
+        self.width = STANDARD_WIDTH
         self.kind = kind
         self._weights: list[np.ndarray] | None = None
         self.description = f"{kind} {self.path}"
@@ -263,6 +270,7 @@ class _StoredWeights(EncoderFactory):
                 )
             self.depth = loaded.depth
             self.input_channels = loaded.input_channels
+            self.width = loaded.width
             self._weights = loaded.get_weights()
         else:
             encoder = ResNetImageEncoder(depth=self.depth, image_size=None)
@@ -273,14 +281,15 @@ class _StoredWeights(EncoderFactory):
         if self._weights is None:
             self._load()
         encoder = ResNetImageEncoder(depth=self.depth, image_size=image_size,
-                                     input_channels=self.input_channels)
+                                     input_channels=self.input_channels, width=self.width)
         encoder.set_weights(self._weights)
         return encoder
 
 
-def random_init(depth: int = 50) -> EncoderFactory:
-    """Randomly initialized ResNet (new weights from the run's seed)."""
-    return _RandomInit(depth)
+def random_init(depth: int = 50, width: int = STANDARD_WIDTH) -> EncoderFactory:
+    """Randomly initialized ResNet (new weights from the run's seed); ``width`` as in
+    ``ResNetImageEncoder`` (give a narrow pretrained encoder's width for a fair baseline)."""
+    return _RandomInit(depth, width)
 
 
 def from_checkpoint(path: str | os.PathLike) -> EncoderFactory:

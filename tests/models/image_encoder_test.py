@@ -66,3 +66,63 @@ def test_keras_round_trip_and_local_weights(encoder18, tmp_path):
     assert_allclose_tree(fresh2(x), expected, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
         load_image_encoder_weights(fresh, os.path.join(tmp_path, "missing.weights.h5"))
+
+
+def _trainable_count(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def _resnet18_trainable_params(width: int) -> int:
+    """Hand count of a torchvision ResNet-18 without the classifier (weights, BN
+    gamma/beta), stage i having width * 2**i filters."""
+    total = 7 * 7 * 3 * width + 2 * width  # stem conv + BN
+    fin = width
+    for stage in range(4):
+        f = width * 2**stage
+        for block in range(2):
+            total += 9 * fin * f + 2 * f + 9 * f * f + 2 * f
+            if block == 0 and stage > 0:
+                total += fin * f + 2 * f  # 1x1 projection shortcut + BN
+            fin = f
+    return total
+
+
+def test_narrow_builder_reproduces_the_standard_resnets():
+    from lovt_keras.models.image_encoder import build_resnet_backbone, build_resnet_features
+
+    # torchvision's resnet18/resnet50 parameter counts minus their fc layers.
+    assert _resnet18_trainable_params(64) == 11_689_512 - 513_000
+    for depth, expected in ((18, 11_176_512), (50, 23_508_032)):
+        ours = build_resnet_features(depth, 64, image_size=64)
+        hub = build_resnet_backbone(depth, image_size=64)
+        assert _trainable_count(ours) == _trainable_count(hub) == expected
+        # Same multiset of weight shapes (trainable and BN statistics) as keras-hub's.
+        shapes = sorted(tuple(w.shape) for w in ours.weights)
+        assert shapes == sorted(tuple(w.shape) for w in hub.weights)
+
+
+def test_narrow_encoder_shapes_params_and_round_trip(tmp_path):
+    from lovt_keras.training.evaluation import from_checkpoint, random_init
+
+    keras.utils.set_random_seed(0)
+    enc = ResNetImageEncoder(depth=18, image_size=64, width=16)
+    assert enc.width == 16
+    assert enc.feature_dims == {"conv1": 16, "conv2": 16, "conv3": 32, "conv4": 64, "conv5": 128}
+    assert _trainable_count(enc) == _resnet18_trainable_params(16)
+    x = np.random.default_rng(2).normal(size=(2, 64, 64, 1)).astype("float32")
+    feats = to_numpy(enc(x))
+    assert {k: v.shape[1] for k, v in feats.items()} == {
+        "conv1": 32, "conv2": 16, "conv3": 8, "conv4": 4, "conv5": 2}
+    assert all((v >= 0).all() for v in feats.values())  # every stage ends in a ReLU
+    loaded = saved_and_loaded(enc)
+    assert isinstance(loaded, ResNetImageEncoder) and loaded.width == 16
+    assert_allclose_tree(loaded(x), feats, atol=1e-5)
+    # The evaluation factories keep the width: a checkpoint's and the random baseline's.
+    path = tmp_path / "image_encoder.keras"
+    enc.save(path)
+    again = from_checkpoint(path)(64)
+    assert again.width == 16
+    assert_allclose_tree(again(x), feats, atol=1e-5)
+    assert random_init(18, width=16)(64).feature_dims["conv5"] == 128
+    with pytest.raises(ValueError, match="width must be a positive"):
+        ResNetImageEncoder(depth=18, image_size=64, width=0)

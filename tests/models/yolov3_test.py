@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from lovt_keras.models import yolov3
 from lovt_keras.models.yolov3 import (
     LOSS_COMPONENTS,
     LOVT_ANCHORS,
@@ -13,6 +14,7 @@ from lovt_keras.models.yolov3 import (
     yolo_loss_components,
     yolo_targets,
 )
+from lovt_keras.testing.nms_reference import reference_nms
 from lovt_keras.testing.test_case import to_numpy
 
 IMAGE = 224
@@ -405,3 +407,73 @@ def test_tiny_yolo_fit_reduces_loss():
     history = model.fit(batch, batch_size=4, epochs=15, verbose=0, shuffle=False).history["loss"]
     assert np.all(np.isfinite(history))
     assert history[-1] < 0.6 * history[0], history
+
+
+# --------------------------------------------------------------------------------------
+# NMS: equality with the straightforward greedy loop (the library's earlier version)
+# --------------------------------------------------------------------------------------
+
+
+def _random_nms_case(seed):
+    """Detections ``(B, N, 5 + C)`` mixing the hard cases: tied scores, duplicate boxes,
+    boxes on an integer grid (IoU exactly at a threshold), one-box classes, many classes,
+    images with nothing above the threshold, a few non-finite or negative sizes."""
+    rng = np.random.default_rng(seed)
+    batch, n = int(rng.integers(1, 4)), int(rng.integers(1, 160))
+    num_classes = int(rng.choice([1, 2, 5, 20]))
+    centres = rng.uniform(0, 120, (batch, n, 2))
+    sizes = rng.uniform(1, 60, (batch, n, 2))
+    if seed % 3 == 0:  # integer grid: many exact IoU values such as 0.5 or 1/3
+        centres, sizes = np.round(centres / 4) * 4, np.round(sizes / 4) * 4 + 1
+    if seed % 2 == 0:  # tied scores
+        objectness = rng.choice([0.1, 0.2, 0.5, 0.9], (batch, n))
+    else:
+        objectness = rng.uniform(0, 1, (batch, n))
+    class_probs = rng.uniform(0, 1, (batch, n, num_classes))
+    if seed % 4 == 1:  # ties in the class probabilities too (argmax takes the first)
+        class_probs = np.round(class_probs)
+    detections = np.concatenate([centres, sizes, objectness[..., None], class_probs], -1)
+    duplicates = rng.integers(0, n, n // 3)
+    detections[:, rng.integers(0, n, n // 3)] = detections[:, duplicates]
+    detections[0, :, 4] = np.where(seed % 5 == 0, 0.05, detections[0, :, 4])  # empty image
+    if seed % 7 == 0 and n > 3:  # exp overflow of the decoder (NaN IoU) and odd sizes
+        detections[-1, 1, 2] = np.inf
+        detections[-1, 2, 3] = -3.0
+    return detections.astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [None, 1, 3, 32])
+def test_nms_equals_reference_greedy_loop(block, monkeypatch):
+    if block is not None:  # small blocks exercise the block boundaries on small cases
+        monkeypatch.setattr(yolov3, "_NMS_BLOCK", block)
+    kept_total = suppressed_total = 0
+    for seed in range(60):
+        detections = _random_nms_case(seed)
+        for conf_threshold, nms_iou in ((0.2, 0.4), (0.5, 0.5), (0.0, 1 / 3), (0.2, 0.0)):
+            with np.errstate(invalid="ignore"):  # inf - inf of the non-finite boxes
+                expected = reference_nms(detections, conf_threshold, nms_iou)
+                result = non_max_suppression(detections, conf_threshold, nms_iou)
+            assert len(result) == len(expected)
+            for got, want in zip(result, expected):
+                for g, w in zip(got, want):
+                    assert g.dtype == w.dtype and g.shape == w.shape, (seed, g.shape, w.shape)
+                    np.testing.assert_array_equal(g, w, err_msg=f"seed {seed}")
+                kept_total += len(want[1])
+            above = int(np.sum(detections[..., 4] >= conf_threshold))
+            suppressed_total += above - sum(len(w[1]) for w in expected)
+    # The cases are not degenerate: both keeping and suppressing happen a lot.
+    assert kept_total > 5000 and suppressed_total > 5000, (kept_total, suppressed_total)
+
+
+def test_nms_many_boxes_of_one_class_and_empty_input():
+    rng = np.random.default_rng(3)
+    detections = np.concatenate(
+        [rng.uniform(0, 224, (2, 1500, 2)), rng.uniform(2, 80, (2, 1500, 2)),
+         rng.uniform(0.15, 1, (2, 1500, 1)), np.ones((2, 1500, 1))], -1
+    ).astype(np.float32)
+    for got, want in zip(non_max_suppression(detections), reference_nms(detections)):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    boxes, scores, classes = non_max_suppression(np.zeros((1, 0, 7), np.float32))[0]
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
+    assert boxes.dtype == np.float32 and classes.dtype == np.int64

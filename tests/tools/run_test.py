@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,44 @@ def test_backend_flag_selects_the_backend_of_a_new_process(synthcxr_bindings):
     assert json.loads(line[len("run_info: "):])["backend"] == other
     assert "outputs (2 samples): {'image_global': (2, 32)" in done.stdout
     assert "dry run OK" in done.stdout
+
+
+def test_dry_run_of_the_evaluation_builds_every_task_and_writes_nothing(
+        tmp_path, capsys, monkeypatch):
+    from lovt_keras.training.tasks import SYNTH_TASKS
+
+    monkeypatch.chdir(tmp_path)  # where the default run directory runs/all_synth would go
+    argv = ["--gin", "experiments/eval/all_synth.gin", "--gin", "gin/debug/tiny_eval.gin",
+            "--bind", f"lovt.synth_tasks.cache_dir = '{tmp_path / 'cache'}'", "--dry_run"]
+    assert run.main(argv) == 0
+    printed = capsys.readouterr().out
+    # tiny_eval: 2 seeds; every SynthCXR task has a 2-rate grid: 2 + 1 runs per task.
+    assert (f"evaluation: 1 encoder(s) x {len(SYNTH_TASKS)} task(s); per task the lr grid at "
+            f"seed 0, then 1 more seed(s) at the best lr ({3 * len(SYNTH_TASKS)} runs per "
+            "encoder)") in printed
+    # ResNet-18 on 1 channel: 11,170,240 weights + 15,872 BatchNorm moving statistics.
+    assert "  Random: random init ResNet-18, 11,186,112 parameters" in printed
+    found = dict(re.findall(r"\n  (\w+) \[.*\n.*\n    data: .*: (train \d+, validation \d+, "
+                            r"test \d+) images", printed))
+    # The tiny set has 100 / 16 / 16 images; the train split keeps round(100 * fraction).
+    assert found == {name: f"train {round(100 * task.label_fraction)}, validation 16, test 16"
+                     for name, task in SYNTH_TASKS.items()}
+    assert printed.count(", 64 px, 1 class(es) ['opacity']") == 6
+    assert "up to 2 boxes per image" in printed and "dry run OK: nothing written" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # only the SynthCXR cache
+
+
+def test_dry_run_of_the_evaluation_names_missing_dataset_folders(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--gin", "experiments/eval/task09_rsna_linear_100.gin",
+            "--gin", "gin/debug/tiny_eval.gin", "--bind", "lovt.eval_encoders.random_init_depth = 18",
+            "--bind", f"RSNA_DATA = '{tmp_path / 'rsna'}'", "--output_dir", str(out), "--dry_run"]
+    assert run.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "  rsna_linear_100 [9 RSNA Lin 100%]: linear head, frozen encoder" in captured.out
+    assert "lr grid 0.03, 0.01, 0.003, 0.001; batch 64; up to 1 epoch(s)" in captured.out
+    assert captured.err == (
+        f"error: dry run: 1 problem(s):\n  task rsna_linear_100: {tmp_path / 'rsna'}: no such "
+        "downstream dataset folder (the rsna folder of task 9: prepare it with `python -m "
+        "tools.prepare rsna` and bind RSNA_DATA)\n")
+    assert not out.exists()
