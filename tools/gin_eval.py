@@ -154,7 +154,8 @@ def paper_tasks(numbers: Sequence[int] | None = None, rsna: str | None = None,
 def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                 num_train: int = 1000, num_validation: int = 200, num_test: int = 300,
                 seed: int = 1, cache_dir: str | None = None,
-                overrides: Mapping[str, Any] | None = None) -> list:
+                overrides: Mapping[str, Any] | None = None,
+                task_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list:
     """SynthCXR tasks ``names`` (None = all) on a SynthCXR set of the given size.
 
     Args:
@@ -164,14 +165,23 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
             (seed 1: not the pretraining images, which use seed 0).
         cache_dir: SynthCXR cache (default ``$LOVT_KERAS_CACHE/synthcxr``).
         overrides: other ``EvalTask`` fields set on every task.
+        task_overrides: task name -> ``EvalTask`` fields set on that task only (after
+            ``overrides``), e.g. ``{'synth_pneumothorax_unet_finetune': {'lr_grid':
+            (3e-4,)}}``.
     """
     from lovt_keras.training.tasks import SYNTH_TASKS, synth_task
 
     chosen = list(SYNTH_TASKS) if names is None else list(names)
+    by_task = {name: dict(fields) for name, fields in dict(task_overrides or {}).items()}
+    unknown = sorted(set(by_task) - set(chosen))
+    if unknown:
+        raise ValueError(f"task_overrides names {unknown}, which are not among the chosen "
+                         f"tasks {chosen}")
     data = dict(num_train=num_train, num_validation=num_validation, num_test=num_test,
                 seed=seed, cache_dir=cache_dir)
     return [synth_task(name, image_size=image_size, dataset_options=data,
-                       **dict(overrides or {})) for name in chosen]
+                       **{**dict(overrides or {}), **by_task.get(name, {})})
+            for name in chosen]
 
 
 def configured_seeds() -> int:

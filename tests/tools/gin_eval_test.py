@@ -30,8 +30,8 @@ def test_one_file_per_paper_task_and_per_synthetic_task():
     names = {Path(f).stem for f in EVAL_FILES}
     assert {f"task{n:02d}_{task.name}" for n, task in PAPER_TASKS.items()} <= names
     assert set(SYNTH_TASKS) <= names
-    assert {"all_paper", "all_synth"} <= names
-    assert len(names) == 18 + len(SYNTH_TASKS) + 2
+    assert {"all_paper", "all_synth", "quickstart_synth"} <= names
+    assert len(names) == 18 + len(SYNTH_TASKS) + 3
 
 
 @pytest.mark.parametrize("path", EVAL_FILES)
@@ -50,6 +50,14 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
                                               ("rsna", "covid_rural", "siim", "object_cxr", "nih")}
     elif stem == "all_synth":
         assert [t.name for t in tasks] == list(SYNTH_TASKS)
+    elif stem == "quickstart_synth":  # the quickstart's probe sizes, per-head recipes
+        assert [t.name for t in tasks] == list(SYNTH_TASKS)
+        assert {t.dataset_options["num_train"] for t in tasks} == {300}
+        recipes = {t.name: (t.lr_grid, t.max_epochs) for t in tasks}
+        assert recipes["synth_opacity_linear_1"] == ((0.03, 0.3), 30)
+        assert recipes["synth_pneumothorax_unet_finetune"] == ((3e-4,), 8)
+        assert recipes["synth_foreign_object_yolov3_frozen"] == ((1e-3,), 8)
+        assert spec.model()["Random"].width == 16
     elif stem.startswith("task"):
         number = int(stem[4:6])
         assert len(tasks) == 1 and tasks[0] == PAPER_TASKS[number].__class__(
@@ -76,6 +84,16 @@ def test_tiny_overlay_and_encoder_bindings(tmp_path):
                        "lovt.eval_encoders.random_init_depth = None"])
     encoders = spec.model()
     assert list(encoders) == ["LoVT"] and encoders["LoVT"].path == tmp_path / "run" / "image_encoder.keras"
+
+
+def test_task_overrides_apply_per_task_and_unknown_names_fail():
+    tasks = gin_eval.synth_tasks(
+        ["synth_opacity_linear_1", "synth_foreign_object_linear"], overrides={"max_epochs": 7},
+        task_overrides={"synth_foreign_object_linear": {"max_epochs": 3, "lr_grid": (0.5,)}})
+    assert [(t.max_epochs, t.lr_grid) for t in tasks] == [
+        (7, SYNTH_TASKS["synth_opacity_linear_1"].lr_grid), (3, (0.5,))]
+    with pytest.raises(ValueError, match="synth_nothing"):
+        gin_eval.synth_tasks(["synth_opacity_linear_1"], task_overrides={"synth_nothing": {}})
 
 
 def test_missing_dataset_folder_is_named():
