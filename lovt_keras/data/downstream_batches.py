@@ -42,12 +42,12 @@ from lovt_keras import keys
 from lovt_keras.data.downstream.common import subset_fraction, unpack_masks
 from lovt_keras.data.synthcxr import FINDING_CLASSES
 
-# Batch-dict keys of the downstream tasks; the same strings as
-# ``lovt_keras.models.downstream`` (data must not import models).
-MASKS = "masks"
-BOXES = "boxes"
-BOX_CLASSES = "box_classes"
-BOX_MASK = "box_mask"
+# Batch-dict keys of the downstream tasks (defined once, in ``lovt_keras.keys``; kept
+# here as names for the modules that import them from this one).
+MASKS = keys.MASKS
+BOXES = keys.BOXES
+BOX_CLASSES = keys.BOX_CLASSES
+BOX_MASK = keys.BOX_MASK
 
 SEGMENTATION = "segmentation"
 DETECTION = "detection"
