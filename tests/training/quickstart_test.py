@@ -23,6 +23,8 @@ def test_quickstart_writes_table_plots_and_runs(tmp_path, monkeypatch):
     for r in summary["results"]:
         assert 0.0 <= r["mean"] <= 1.0 and np.isfinite(r["ci95"])
         assert len(r["values"]) == 2
+        assert r["mean"] == pytest.approx(np.mean(r["values"]), abs=1e-6)
+        assert r["learning_rate"] in config.probe_learning_rates
     for name in ("results.csv", "results.md", "loss_curves.png", "quickstart.json",
                  "lovt/image_encoder.keras", "ablation_no_l/image_encoder.keras"):
         assert (tmp_path / "run" / name).is_file(), name
