@@ -154,6 +154,7 @@ def paper_tasks(numbers: Sequence[int] | None = None, rsna: str | None = None,
 def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                 num_train: int = 1000, num_validation: int = 200, num_test: int = 300,
                 seed: int = 1, cache_dir: str | None = None,
+                low_label_num_train: int = 5000,
                 overrides: Mapping[str, Any] | None = None,
                 task_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list:
     """SynthCXR tasks ``names`` (None = all) on a SynthCXR set of the given size.
@@ -163,6 +164,10 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
         image_size: image size of the generated set and the models.
         num_train, num_validation, num_test, seed: the generated evaluation set
             (seed 1: not the pretraining images, which use seed 0).
+        low_label_num_train: train images of the set that the 1 % and 10 % opacity
+            tasks draw their labelled rows from (the same validation and test images;
+            see ``lovt_keras.training.tasks``); their epochs have the 100 % task's
+            number of batches.
         cache_dir: SynthCXR cache (default ``$LOVT_KERAS_CACHE/synthcxr``).
         overrides: other ``EvalTask`` fields set on every task.
         task_overrides: task name -> ``EvalTask`` fields set on that task only (after
@@ -179,7 +184,8 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                          f"tasks {chosen}")
     data = dict(num_train=num_train, num_validation=num_validation, num_test=num_test,
                 seed=seed, cache_dir=cache_dir)
-    return [synth_task(name, image_size=image_size, dataset_options=data,
+    return [synth_task(name, num_train=num_train, low_label_num_train=low_label_num_train,
+                       image_size=image_size, dataset_options=data,
                        **{**dict(overrides or {}), **by_task.get(name, {})})
             for name in chosen]
 
@@ -276,8 +282,9 @@ def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds
         log(f"    {_dataset_text(task)}; label fraction {task.label_fraction:g}, validation "
             f"fraction {task.validation_fraction:g}; lr grid "
             f"{', '.join(f'{lr:g}' for lr in task.lr_grid)}; batch {task.batch_size}; up to "
-            f"{task.max_epochs} epoch(s), patience {task.patience}"
-            f"{f', warm-up {task.warmup_steps} steps' if task.warmup_steps else ''}; "
+            f"{task.max_epochs} epoch(s)"
+            f"{f' of {task.steps_per_epoch} batches' if task.steps_per_epoch else ''}, patience "
+            f"{task.patience}{f', warm-up {task.warmup_steps} steps' if task.warmup_steps else ''}; "
             f"{seeds} seed(s)")
         try:
             folder = dataset_folder(task)

@@ -23,6 +23,12 @@ C = number of task classes, M = ``max_boxes``):
 Order: batch ``i`` of epoch ``e`` holds rows ``order(e)[i * B : (i + 1) * B]`` where
 ``order(e)`` is ``numpy.random.default_rng((seed, e)).permutation(n)`` when shuffling,
 else ``arange(n)``; so the batches are a pure function of ``(seed, epoch, index)``.
+
+Fixed-length epochs (``steps_per_epoch``, for low-label training): the rows form one
+endless stream ``order(0), order(1), ...`` (one pass over the rows each) and epoch ``e``
+is the window of ``steps_per_epoch`` full batches starting at stream position
+``e * steps_per_epoch * B``; a batch may hold the end of one pass and the start of the
+next, and a row more than once when there are fewer rows than ``B``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import numpy as np
 
 from lovt_keras import keys
 from lovt_keras.data.downstream.common import subset_fraction, unpack_masks
+from lovt_keras.data.epochs import EpochTracking
 from lovt_keras.data.synthcxr import FINDING_CLASSES
 
 # Batch-dict keys of the downstream tasks (defined once, in ``lovt_keras.keys``; kept
@@ -142,7 +149,7 @@ def epoch_order(num_rows: int, seed: int, epoch: int, shuffle: bool) -> np.ndarr
     return np.random.default_rng((int(seed), int(epoch))).permutation(num_rows).astype(np.int64)
 
 
-class DownstreamBatches(keras.utils.PyDataset):
+class DownstreamBatches(EpochTracking, keras.utils.PyDataset):
     """Batches of one split of a downstream dataset for a segmentation or detection task.
 
     Epochs: ``on_epoch_end`` (called by ``fit``) moves to the next epoch once every batch
@@ -164,6 +171,10 @@ class DownstreamBatches(keras.utils.PyDataset):
         max_boxes: box slots per image (detection); None = the most boxes of any row of
             this split (at least 1). A row with more boxes raises.
         drop_remainder: drop the last partial batch.
+        steps_per_epoch: None = an epoch is one pass over the rows; an int = an epoch
+            is this many full batches drawn from the stream of passes (see the module
+            docstring); so a small label fraction gets as many optimizer steps per
+            epoch as a large one.
         workers, use_multiprocessing, max_queue_size: Keras ``PyDataset`` options.
         name: names the split in messages (e.g. the folder and split).
 
@@ -185,6 +196,7 @@ class DownstreamBatches(keras.utils.PyDataset):
         fraction: float = 1.0,
         max_boxes: int | None = None,
         drop_remainder: bool = False,
+        steps_per_epoch: int | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 8,
@@ -232,7 +244,10 @@ class DownstreamBatches(keras.utils.PyDataset):
         self.mean = float(stats["mean"])
         self.std = float(stats["std"])
         self.num_rows = len(dataset)
-        if self.drop_remainder and self.num_rows < self.batch_size:
+        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+            raise ValueError(f"steps_per_epoch must be None or >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        if self.drop_remainder and self.steps_per_epoch is None and self.num_rows < self.batch_size:
             raise DownstreamDataError(
                 f"{name}: {self.num_rows} rows, fewer than batch_size {self.batch_size} "
                 "with drop_remainder=True"
@@ -254,10 +269,9 @@ class DownstreamBatches(keras.utils.PyDataset):
                     f"classes, more than max_boxes={max_boxes}"
                 )
         self.max_boxes = None if max_boxes is None else int(max_boxes)
-        self._epoch = 0
         self._lock = threading.Lock()
-        self._served: set[int] = set()
         self._orders: dict[int, np.ndarray] = {}
+        self._init_epochs()
 
     def _read_boxes(self, dataset: datasets.Dataset) -> None:
         # Python lists: the numpy format gives ragged object arrays and int64 classes.
@@ -282,32 +296,16 @@ class DownstreamBatches(keras.utils.PyDataset):
 
     # ------------------------------------------------------------------ epochs
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose batches ``__getitem__`` returns."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch of the following batches."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        with self._lock:
-            self._epoch = int(epoch)
-            self._served = set()
-
-    def on_epoch_end(self) -> None:
-        with self._lock:
-            if len(self._served) >= len(self):
-                self._epoch += 1
-            self._served = set()
-
     def __len__(self) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         if self.drop_remainder:
             return self.num_rows // self.batch_size
         return -(-self.num_rows // self.batch_size)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
-        """int64 ``(num_rows,)``: the rows in the order of ``epoch`` (default: current)."""
+        """int64 ``(num_rows,)``: the rows in the order of ``epoch`` (default: current);
+        with ``steps_per_epoch``, the order of pass ``epoch`` of the row stream."""
         epoch = self._epoch if epoch is None else int(epoch)
         with self._lock:
             order = self._orders.get(epoch)
@@ -322,8 +320,18 @@ class DownstreamBatches(keras.utils.PyDataset):
         """int64 ``(B,)``: the rows of batch ``index`` of ``epoch``."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
-        start = index * self.batch_size
-        return self.order(epoch)[start : start + self.batch_size]
+        epoch = self._epoch if epoch is None else int(epoch)
+        size = self.batch_size
+        if self.steps_per_epoch is None:
+            return self.order(epoch)[index * size : (index + 1) * size]
+        first = (epoch * self.steps_per_epoch + index) * size
+        positions = np.arange(first, first + size, dtype=np.int64)
+        passes, offsets = np.divmod(positions, self.num_rows)
+        rows = np.empty(size, np.int64)
+        for one_pass in np.unique(passes):
+            chosen = passes == one_pass
+            rows[chosen] = self.order(int(one_pass))[offsets[chosen]]
+        return rows
 
     # ------------------------------------------------------------------ batches
 
@@ -359,16 +367,16 @@ class DownstreamBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         epoch = self._epoch
         batch = self.rows_batch(self.batch_rows(index, epoch))
-        with self._lock:
-            if epoch == self._epoch:
-                self._served.add(index)
+        self._mark_served(index, epoch)
         return batch
 
     def __repr__(self) -> str:
         return (
             f"DownstreamBatches({self.name}, rows={self.num_rows}, batches={len(self)}, "
             f"task_type={self.task_type!r}, classes={[self.class_names[c] for c in self.class_ids]}, "
-            f"batch_size={self.batch_size}, shuffle={self.shuffle}, fraction={self.fraction})"
+            f"batch_size={self.batch_size}, shuffle={self.shuffle}, fraction={self.fraction}"
+            + ("" if self.steps_per_epoch is None else f", steps_per_epoch={self.steps_per_epoch}")
+            + ")"
         )
 
 
@@ -383,6 +391,7 @@ def downstream_splits(
     image_size: int | None = None,
     eval_batch_size: int | None = None,
     max_boxes: int | None = None,
+    train_steps_per_epoch: int | None = None,
 ) -> dict[str, DownstreamBatches]:
     """Train (shuffled, first ``label_fraction``), validation (first
     ``validation_fraction``) and test batches of a dataset folder.
@@ -393,6 +402,11 @@ def downstream_splits(
         eval_batch_size: batch size of validation and test (default ``batch_size``).
         max_boxes: detection box slots; None = the most boxes of any row of the three
             splits (the same for all so the compiled shapes match).
+        train_steps_per_epoch: None = a train epoch is one pass over the label
+            fraction's rows; an int = that many full batches drawn from them
+            (``DownstreamBatches.steps_per_epoch``), e.g. as many as one pass over the
+            whole split, so that a small label fraction gets the optimizer steps and
+            validations of a large one.
         Other args: see ``DownstreamBatches``.
     """
     dataset_dict, stats = load_downstream_folder(folder)
@@ -405,7 +419,8 @@ def downstream_splits(
     out = {
         "train": DownstreamBatches(
             dataset_dict["train"], stats, task_type, classes, batch_size, shuffle=True,
-            name=f"{folder}[train]", **dict(options, fraction=label_fraction),
+            steps_per_epoch=train_steps_per_epoch, name=f"{folder}[train]",
+            **dict(options, fraction=label_fraction),
         ),
         "validation": DownstreamBatches(
             dataset_dict["validation"], stats, task_type, classes,

@@ -43,6 +43,7 @@ import keras
 import numpy as np
 
 from lovt_keras import keys
+from lovt_keras.data.epochs import EpochTracking
 from lovt_keras.data.image_augment import ConvirtAugmentation, EvalTransform
 from lovt_keras.data.text_augment import RANDOM_SENTENCE, RANDOM_SWAPS, augment_sentences
 from lovt_keras.data.tokenization import ReportTokenizer
@@ -125,7 +126,7 @@ def _check_stats(stats: Any, source: str) -> None:
         raise ValueError(f"{source}: 'std' must be > 0, got {stats['std']!r}")
 
 
-class PretrainingBatches(keras.utils.PyDataset):
+class PretrainingBatches(EpochTracking, keras.utils.PyDataset):
     """Batches of studies for image-report pretraining, for ``model.fit``.
 
     One sample is one study: each epoch visits every study once (in a new random order
@@ -251,48 +252,9 @@ class PretrainingBatches(keras.utils.PyDataset):
             )
         self._images = dataset.with_format("numpy", columns=["image"])
         self._sentences = dataset.select_columns(["sentences"])
-        self._epoch = 0
         self._order_lock = threading.Lock()
         self._orders: dict[int, np.ndarray] = {}
-        self._served_lock = threading.Lock()
-        self._served: set[int] = set()  # batches of the open epoch computed so far
-        self._epoch_open = False  # on_epoch_begin was called since the last on_epoch_end
-
-    # ------------------------------------------------------------------ epochs
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose batches ``__getitem__`` returns."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch (e.g. ``initial_epoch`` when resuming a run)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        with self._served_lock:
-            self._epoch = int(epoch)
-            self._served = set()
-
-    def on_epoch_begin(self) -> None:
-        """Called by Keras before it draws the batches of an epoch."""
-        with self._served_lock:
-            self._epoch_open = True
-            self._served = set()
-
-    def on_epoch_end(self) -> None:
-        """Called by Keras at the end of an epoch: moves to the next epoch if the epoch
-        was opened with ``on_epoch_begin`` and every one of its batches was computed.
-
-        Keras also calls it once before the first epoch (``EpochIterator.reset`` in
-        ``fit`` and ``evaluate``), after computing up to two batches for the ``tf.data``
-        signature (TensorFlow, no ``on_epoch_begin``) or drawing one to build the model
-        (JAX, PyTorch: ``on_epoch_begin``, one batch); that call must not skip epoch 0.
-        """
-        with self._served_lock:
-            if self._epoch_open and len(self._served) >= len(self):
-                self._epoch += 1
-            self._epoch_open = False
-            self._served = set()
+        self._init_epochs()
 
     def __len__(self) -> int:
         """Number of batches per epoch: ``num_studies // batch_size`` with
@@ -383,9 +345,7 @@ class PretrainingBatches(keras.utils.PyDataset):
             encoded = self.tokenizer.encode(sentence_lists)
         except ValueError as error:
             raise self._encoding_error(index, studies, rows, sentence_lists) from error
-        with self._served_lock:
-            if epoch == self._epoch:
-                self._served.add(index)
+        self._mark_served(index, epoch)
         return {keys.IMAGES: images, **encoded}
 
     def _encoding_error(self, index, studies, rows, sentence_lists) -> ValueError:

@@ -79,6 +79,12 @@ ANCHOR_IMAGE_SIZE = 224
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
 CI_Z = 1.96
+# EvalTask fields that name a task without changing its results.
+NAMING_FIELDS = ("name", "label", "number", "description")
+
+
+class StaleResultError(ValueError):
+    """A stored result or summary was computed for another recipe, encoder or seeds."""
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +106,11 @@ class EvalTask:
         lr_grid: candidate learning rates (one value = no search).
         batch_size: training batch size.
         max_epochs: epoch limit.
+        steps_per_epoch: None (the paper's tasks): a training epoch is one pass over
+            the label fraction's rows; an int: that many full batches drawn from them
+            (``DownstreamBatches.steps_per_epoch``). The SynthCXR low-label tasks use
+            the 100 % task's epoch length (a fixed step budget per epoch, where the
+            paper instead gives its 1 % and 10 % tasks more epochs).
         metric: validation/test metric: ``"dice"`` (mean over the classes of the pooled
             Dice), ``"mAP"`` or ``"froc"``.
         label_fraction: first share of the train rows used.
@@ -140,6 +151,7 @@ class EvalTask:
     dataset_options: dict = dataclasses.field(default_factory=dict)
     eval_batch_size: int | None = None
     description: str = ""
+    steps_per_epoch: int | None = None
 
     def __post_init__(self):
         self.lr_grid = tuple(float(lr) for lr in self.lr_grid)
@@ -162,6 +174,8 @@ class EvalTask:
         for field in ("label_fraction", "validation_fraction"):
             if not 0 < getattr(self, field) <= 1:
                 raise ValueError(f"{where}: {field} must be in (0, 1], got {getattr(self, field)}")
+        if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
+            raise ValueError(f"{where}: steps_per_epoch must be None or >= 1, got {self.steps_per_epoch}")
         for field in ("batch_size", "max_epochs", "patience", "image_size"):
             if int(getattr(self, field)) < 1:
                 raise ValueError(f"{where}: {field} must be >= 1, got {getattr(self, field)}")
@@ -206,6 +220,7 @@ def task_data(task: EvalTask, seed: int = 0) -> dict[str, DownstreamBatches]:
         batch_size=task.batch_size, label_fraction=task.label_fraction,
         validation_fraction=task.validation_fraction, seed=seed,
         image_size=task.image_size, eval_batch_size=task.eval_batch_size,
+        train_steps_per_epoch=task.steps_per_epoch,
     )
 
 
@@ -436,12 +451,14 @@ def run_task(
         ``test_metric``, ``val`` / ``test`` (all metrics: ``dice`` and per-class
         ``dice/<class>``, or ``mAP``, ``mAP@0.5``, ..., or ``froc``), ``learning_rate``,
         ``seed``, ``epochs``, ``best_epoch`` (1-based), ``seconds``,
-        ``cached_features``, ``task``, ``encoder``.
+        ``cached_features``, ``train_rows``, ``train_batches_per_epoch``, ``task``,
+        ``task_config``, ``encoder``.
     """
     run_dir = None if output_dir is None else Path(output_dir)
     if run_dir is not None:
         done = _read_json(run_dir / RESULT_FILE)
         if done is not None:
+            check_stored_result(run_dir / RESULT_FILE, done, task, encoder_factory)
             return done
     start = time.perf_counter()
     data = task_data(task, seed)
@@ -536,6 +553,7 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     test_metrics = _test_metrics(task, model, test, _class_names(data["train"]), cached)
     result = {
         "task": task.name,
+        "task_config": task.to_dict(),
         "encoder": getattr(encoder_factory, "description", repr(encoder_factory)),
         "learning_rate": float(learning_rate),
         "seed": int(seed),
@@ -547,6 +565,7 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
         "best_epoch": best + 1,
         "warmup_steps": warmup,
         "train_rows": data["train"].num_rows,
+        "train_batches_per_epoch": len(data["train"]),
         "cached_features": cached,
         "backend": keras.backend.backend(),
         "history": {k: [float(x) for x in v] for k, v in history.items()},
@@ -599,6 +618,56 @@ def select_learning_rate(validation: Mapping[float, float]) -> float:
     return next(iter(validation)) if best_lr is None else best_lr
 
 
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A task config as JSON would store it, without naming fields and None options."""
+    config = json.loads(json.dumps(dict(config), default=_json_default))
+    out = {}
+    for key, value in config.items():
+        if key in NAMING_FIELDS:
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        out[key] = value
+    return out
+
+
+def check_stored_result(path: Path, stored: Mapping[str, Any], task: EvalTask,
+                        encoder_factory: Any, seeds: Sequence[int] | None = None) -> None:
+    """Checks that a stored ``result.json`` / ``summary.json`` belongs to this run.
+
+    Results are reused when a run is resumed; one computed with another recipe (any
+    ``EvalTask`` field but the naming ones), another encoder or other seeds must not be.
+    Fields missing from an older file count as their default.
+
+    Raises:
+        StaleResultError: naming the file and every difference.
+    """
+    differences = []
+    stored_config = stored.get("task_config")
+    if stored_config is not None:
+        defaults = _comparable({
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(EvalTask)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        })
+        then, now = _comparable(stored_config), _comparable(task.to_dict())
+        for key in sorted(set(then) | set(now)):
+            old, new = then.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+            if old != new:
+                differences.append(f"{key}: stored {old!r}, now {new!r}")
+    encoder = getattr(encoder_factory, "description", None)  # an EncoderFactory's
+    if encoder is not None and stored.get("encoder") is not None and stored["encoder"] != encoder:
+        differences.append(f"encoder: stored {stored['encoder']!r}, now {encoder!r}")
+    if seeds is not None and stored.get("seeds") is not None and list(stored["seeds"]) != list(seeds):
+        differences.append(f"seeds: stored {stored['seeds']}, now {list(seeds)}")
+    if differences:
+        raise StaleResultError(
+            f"{path}: holds results of another configuration of task {task.name!r} ("
+            + "; ".join(differences) + f"); delete {path.parent} to recompute it, or write "
+            "to another output_dir"
+        )
+
+
 def _run_dir(output_dir: Path | None, learning_rate: float, seed: int) -> Path | None:
     if output_dir is None:
         return None
@@ -637,9 +706,10 @@ def evaluate_task(
     out = None if output_dir is None else Path(output_dir)
     if out is not None:
         done = _read_json(out / SUMMARY_FILE)
-        if done is not None:
-            return done
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if out is not None and done is not None:
+        check_stored_result(out / SUMMARY_FILE, done, task, encoder_factory, seeds)
+        return done
     if not seeds:
         raise ValueError("evaluate_task needs at least one seed")
     own_store = feature_store is None

@@ -40,6 +40,7 @@ import numpy as np
 
 from lovt_keras import keys
 from lovt_keras.data.downstream_batches import BOX_CLASSES, BOX_MASK, BOXES, DownstreamBatches
+from lovt_keras.data.epochs import EpochTracking
 from lovt_keras.metrics import FROC, DetectionMAP
 from lovt_keras.models.downstream import DetectionMetricsCallback, DetectionTask, SegmentationTask
 
@@ -138,7 +139,7 @@ class FeatureStore:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-class CachedFeatureBatches(keras.utils.PyDataset):
+class CachedFeatureBatches(EpochTracking, keras.utils.PyDataset):
     """``base``'s batches with cached feature maps in place of the images.
 
     Batch ``i`` of epoch ``e`` holds the rows ``base.batch_rows(i, e)``: ``{layer:
@@ -159,24 +160,7 @@ class CachedFeatureBatches(keras.utils.PyDataset):
                 )
         self.base = base
         self.features = features
-        self._epoch = 0
-        self._served: set[int] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        with self._lock:
-            self._epoch = int(epoch)
-            self._served = set()
-
-    def on_epoch_end(self) -> None:
-        with self._lock:
-            if len(self._served) >= len(self):
-                self._epoch += 1
-            self._served = set()
+        self._init_epochs()
 
     def __len__(self) -> int:
         return len(self.base)
@@ -186,9 +170,7 @@ class CachedFeatureBatches(keras.utils.PyDataset):
         rows = self.base.batch_rows(index, epoch)
         batch = {name: np.asarray(value[rows]) for name, value in self.features.items()}
         batch.update(self.base.targets(rows))
-        with self._lock:
-            if epoch == self._epoch:
-                self._served.add(index)
+        self._mark_served(index, epoch)
         return batch
 
 

@@ -16,6 +16,19 @@ SynthCXR tasks (not in the paper): the same task types on SynthCXR images
 grid, at most 15-20 epochs (100 for the linear probes; these and the frozen YOLOv3 tasks
 run on cached encoder features) and narrower U-Net and YOLOv3 heads (``head_options``);
 the heads' structure, losses, metrics and training recipe are the paper's.
+
+The 1 % and 10 % opacity tasks (``LOW_LABEL_TASKS``) differ in two ways, so that they
+measure label efficiency instead of noise:
+
+- their labelled rows are the first 1 % / 10 % of a larger generated train split
+  (5000 images: 50 and 500 labelled images; 1 % of 1000 would be 10 images, two or three
+  of them with an opacity). SynthCXR samples depend only on (seed, split, index), so
+  the first train images and all validation and test images are those of the other
+  tasks: 1 %, 10 % and 100 % are nested, as in the paper.
+- an epoch is ``steps_per_epoch`` full batches drawn from those rows, as many as the
+  100 % task's epoch, so every label fraction gets the same optimizer steps and
+  validations (the paper instead raises the epoch limit of its 1 % and 10 % tasks to
+  500 and 100; on a few images one pass would be a single step).
 """
 
 from __future__ import annotations
@@ -165,6 +178,10 @@ def paper_tasks(datasets: Mapping[str, str | os.PathLike],
 
 # Seed 1: other patients than the pretraining set (seed 0).
 SYNTHCXR_EVAL_DATA = dict(num_train=1000, num_validation=200, num_test=300, seed=1)
+# The low-label tasks draw their labelled rows from a larger train split (module docstring).
+LOW_LABEL_TASKS = tuple(f"synth_opacity_{head}_{p}" for head in ("yolov3_frozen", "linear")
+                        for p in (1, 10))
+SYNTHCXR_LOW_LABEL_TRAIN = 5000
 # Narrower heads than the paper's for CPU runs (same structure): the U-Net bridge and
 # up-blocks at 1/4 to 1/8 of the paper's widths, YOLOv3 embeddings at 1/4.
 SYNTH_UNET = dict(bridge_filters=256, up_filters=(128, 64, 32, 16, 16))
@@ -175,13 +192,28 @@ def _synth(name: str, head: str, frozen: bool, classes: Sequence[str], metric: s
            grid: Sequence[float], epochs: int, label: str, description: str,
            fraction: float = 1.0, batch: int = 16, patience: int = 5, warmup: int = 0,
            head_options: dict | None = None) -> EvalTask:
-    return EvalTask(
+    task = EvalTask(
         name=name, dataset=SYNTHCXR, task_type="detection" if head == "yolov3" else "segmentation",
         head=head, frozen=frozen, lr_grid=tuple(grid), batch_size=batch, max_epochs=epochs,
         metric=metric, label_fraction=fraction, classes=tuple(classes), patience=patience,
         warmup_steps=warmup, label=label, head_options=dict(head_options or {}),
         dataset_options=dict(SYNTHCXR_EVAL_DATA), description=description,
     )
+    return _sized(task, SYNTHCXR_EVAL_DATA["num_train"], SYNTHCXR_LOW_LABEL_TRAIN)
+
+
+def _sized(task: EvalTask, num_train: int, low_label_num_train: int) -> EvalTask:
+    """``task`` on ``num_train`` generated train images (its dataset_options otherwise
+    kept); a low-label task on ``low_label_num_train`` with the epoch length of the
+    100 % task on ``num_train``."""
+    options = dict(task.dataset_options, num_train=int(num_train))
+    if task.name not in LOW_LABEL_TASKS:
+        return dataclasses.replace(task, dataset_options=options)
+    if int(low_label_num_train) < 1:
+        raise ValueError(f"low_label_num_train must be >= 1, got {low_label_num_train}")
+    options["num_train"] = int(low_label_num_train)
+    steps = -(-int(num_train) // int(task.batch_size))
+    return dataclasses.replace(task, dataset_options=options, steps_per_epoch=steps)
 
 
 SYNTH_TASKS: dict[str, EvalTask] = {
@@ -192,15 +224,14 @@ SYNTH_TASKS: dict[str, EvalTask] = {
                    (1e-3, 3e-4), 20, f"S Opac YOLO-Frz {p}%",
                    f"SynthCXR opacity detection, YOLOv3, frozen, {p}% of the labels "
                    "(cf. tasks 4-6)", fraction=p / 100, head_options=SYNTH_YOLO,
-                   batch=4 if p == 1 else 16, patience=10)
+                   patience=10)
             for p in (1, 10, 100)
         ),
         *(
             _synth(f"synth_opacity_linear_{p}", "linear", True, ["opacity"], "dice",
                    (3e-2, 3e-3), 100, f"S Opac Lin {p}%",
                    f"SynthCXR opacity segmentation, linear, frozen, {p}% of the labels "
-                   "(cf. tasks 7-9)", fraction=p / 100, patience=10,
-                   batch=4 if p == 1 else 16)
+                   "(cf. tasks 7-9)", fraction=p / 100, patience=10)
             for p in (1, 10, 100)
         ),
         # The U-Net tasks train on the first 30 % of the train split: they cannot use
@@ -230,9 +261,33 @@ SYNTH_TASKS: dict[str, EvalTask] = {
 }
 
 
-def synth_task(name: str, **overrides) -> EvalTask:
-    """SynthCXR task ``name`` (a key of ``SYNTH_TASKS``) with optional field overrides
-    (e.g. ``image_size=64, dataset_options={...}`` for a smoke test)."""
+def synth_task(name: str, num_train: int | None = None,
+               low_label_num_train: int | None = None, **overrides) -> EvalTask:
+    """SynthCXR task ``name`` (a key of ``SYNTH_TASKS``), optionally resized, with
+    optional field overrides (e.g. ``image_size=64, dataset_options={...}`` for a smoke
+    test).
+
+    Args:
+        num_train: train images of the generated set (default: as in ``SYNTH_TASKS``,
+            1000).
+        low_label_num_train: train images the low-label tasks draw their labelled rows
+            from (default 5000). When either size is given, a low-label task's
+            ``steps_per_epoch`` becomes the epoch length of the 100 % task on
+            ``num_train`` images.
+        **overrides: other ``EvalTask`` fields, applied first (sizes then apply to an
+            overridden ``dataset_options``; an explicit ``steps_per_epoch`` wins).
+    """
     if name not in SYNTH_TASKS:
         raise ValueError(f"no SynthCXR task {name!r}; the tasks are {sorted(SYNTH_TASKS)}")
-    return dataclasses.replace(SYNTH_TASKS[name], **overrides)
+    explicit_steps = "steps_per_epoch" in overrides
+    steps = overrides.pop("steps_per_epoch", None)
+    task = dataclasses.replace(SYNTH_TASKS[name], **overrides)
+    if num_train is not None or low_label_num_train is not None:
+        task = _sized(
+            task,
+            SYNTHCXR_EVAL_DATA["num_train"] if num_train is None else num_train,
+            SYNTHCXR_LOW_LABEL_TRAIN if low_label_num_train is None else low_label_num_train,
+        )
+    if explicit_steps:
+        task = dataclasses.replace(task, steps_per_epoch=steps)
+    return task

@@ -131,11 +131,18 @@ def test_shuffling_is_a_function_of_seed_and_epoch(synth):
     np.testing.assert_array_equal(a.order(0), np.random.default_rng((3, 0)).permutation(12))
     np.testing.assert_array_equal(a.order(2), b.order(2))
     assert not np.array_equal(a.order(0), a.order(1)) and not np.array_equal(a.order(0), c.order(0))
-    # Epochs advance only after a complete epoch (Keras calls on_epoch_end once before).
+    # Epochs advance only after a complete epoch opened by on_epoch_begin (Keras calls
+    # on_epoch_end once before the first epoch, after drawing batches for tracing).
+    a[0]
     a.on_epoch_end()
     assert a.epoch == 0
+    a.on_epoch_begin()
     first = [a[i][keys.IMAGES] for i in range(len(a))]
     a.on_epoch_end()
+    assert a.epoch == 1
+    a.on_epoch_begin()
+    a[0]
+    a.on_epoch_end()  # an incomplete epoch does not advance
     assert a.epoch == 1
     np.testing.assert_array_equal(first[0], b.images(b.order(0)[:4]))
     a.set_epoch(0)
@@ -143,6 +150,41 @@ def test_shuffling_is_a_function_of_seed_and_epoch(synth):
     # Validation and test keep the dataset order.
     splits = db.downstream_splits(folder, "segmentation", batch_size=4, seed=3)
     np.testing.assert_array_equal(splits["validation"].order(5), np.arange(6))
+
+
+def test_fixed_length_epochs_cycle_through_the_label_fraction(synth):
+    folder, _ = synth
+    # 3 labelled rows (25 % of 12), batches of 4, 5 full batches per epoch.
+    train = db.DownstreamBatches(
+        db.load_downstream_folder(folder)[0]["train"], db.load_downstream_folder(folder)[1],
+        "segmentation", batch_size=4, shuffle=True, seed=7, fraction=0.25, steps_per_epoch=5,
+    )
+    assert len(train) == 5 and train.num_rows == 3
+    stream = np.concatenate([np.random.default_rng((7, k)).permutation(3) for k in range(20)])
+    for epoch in (0, 2):
+        for index in range(5):
+            start = (epoch * 5 + index) * 4
+            np.testing.assert_array_equal(train.batch_rows(index, epoch), stream[start:start + 4])
+    # Every batch is full and each pass visits every row once.
+    rows = np.concatenate([train.batch_rows(i, 0) for i in range(5)])
+    assert rows.shape == (20,) and np.bincount(rows[:18], minlength=3).tolist() == [6, 6, 6]
+    train.set_epoch(1)
+    batch = train[4]
+    np.testing.assert_array_equal(batch[keys.IMAGES], train.images(stream[36:40]))
+    with pytest.raises(IndexError):
+        train.batch_rows(5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        db.DownstreamBatches(db.load_downstream_folder(folder)[0]["train"],
+                             db.load_downstream_folder(folder)[1], "segmentation",
+                             steps_per_epoch=0)
+    # Through downstream_splits: the train split only (validation and test untouched).
+    splits = db.downstream_splits(folder, "segmentation", batch_size=4, label_fraction=0.25,
+                                  train_steps_per_epoch=3, seed=7)
+    assert [len(splits[s]) for s in db.SPLITS] == [3, 2, 2]
+    assert splits["train"].num_rows == 3 and splits["validation"].steps_per_epoch is None
+    np.testing.assert_array_equal(splits["train"].batch_rows(2, 1), stream[20:24])
+    plain = db.downstream_splits(folder, "segmentation", batch_size=4, label_fraction=0.25)
+    assert len(plain["train"]) == 1
 
 
 def test_downstream_format_folder_with_ids_and_class_names(tmp_path):

@@ -52,7 +52,10 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
         assert [t.name for t in tasks] == list(SYNTH_TASKS)
     elif stem == "quickstart_synth":  # the quickstart's probe sizes, per-head recipes
         assert [t.name for t in tasks] == list(SYNTH_TASKS)
-        assert {t.dataset_options["num_train"] for t in tasks} == {300}
+        sizes = {t.name: (t.dataset_options["num_train"], t.steps_per_epoch) for t in tasks}
+        assert sizes["synth_opacity_linear_100"] == sizes["synth_findings_linear"] == (300, None)
+        # 1 % / 10 % = the first 20 / 200 of 2000 images, epochs of ceil(300 / 16) batches.
+        assert sizes["synth_opacity_linear_1"] == sizes["synth_opacity_yolov3_frozen_10"] == (2000, 19)
         recipes = {t.name: (t.lr_grid, t.max_epochs) for t in tasks}
         assert recipes["synth_opacity_linear_1"] == ((0.03, 0.3), 30)
         assert recipes["synth_pneumothorax_unet_finetune"] == ((3e-4,), 8)
@@ -65,8 +68,12 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
     else:
         assert [t.name for t in tasks] == [stem]
         assert tasks[0].image_size == 224
-        assert tasks[0].dataset_options == dict(num_train=1000, num_validation=200,
-                                                num_test=300, seed=1, cache_dir=None)
+        low_label = stem in ("synth_opacity_linear_1", "synth_opacity_linear_10",
+                             "synth_opacity_yolov3_frozen_1", "synth_opacity_yolov3_frozen_10")
+        assert tasks[0].dataset_options == dict(num_train=5000 if low_label else 1000,
+                                                num_validation=200, num_test=300, seed=1,
+                                                cache_dir=None)
+        assert tasks[0].steps_per_epoch == (63 if low_label else None)
     encoders = spec.model()
     depth = 18 if "synth" in stem else 50
     assert list(encoders) == ["Random"] and encoders["Random"].depth == depth
@@ -76,7 +83,8 @@ def test_tiny_overlay_and_encoder_bindings(tmp_path):
     spec = _configure(["experiments/eval/all_synth.gin", "gin/debug/tiny_eval.gin"])
     tasks = spec.train_data()
     assert {(t.image_size, t.max_epochs) for t in tasks} == {(64, 1)}
-    assert tasks[0].dataset_options["num_train"] == 100
+    sizes = {t.name: t.dataset_options["num_train"] for t in tasks}
+    assert sizes["synth_opacity_linear_100"] == 100 and sizes["synth_opacity_linear_1"] == 200
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "image_encoder.keras").write_bytes(b"")
     spec = _configure(["experiments/eval/task09_rsna_linear_100.gin"],

@@ -182,7 +182,7 @@ def test_backend_flag_selects_the_backend_of_a_new_process(synthcxr_bindings):
 
 def test_dry_run_of_the_evaluation_builds_every_task_and_writes_nothing(
         tmp_path, capsys, monkeypatch):
-    from lovt_keras.training.tasks import SYNTH_TASKS
+    from lovt_keras.training.tasks import LOW_LABEL_TASKS, SYNTH_TASKS
 
     monkeypatch.chdir(tmp_path)  # where the default run directory runs/all_synth would go
     argv = ["--gin", "experiments/eval/all_synth.gin", "--gin", "gin/debug/tiny_eval.gin",
@@ -197,9 +197,14 @@ def test_dry_run_of_the_evaluation_builds_every_task_and_writes_nothing(
     assert "  Random: random init ResNet-18, 11,186,112 parameters" in printed
     found = dict(re.findall(r"\n  (\w+) \[.*\n.*\n    data: .*: (train \d+, validation \d+, "
                             r"test \d+) images", printed))
-    # The tiny set has 100 / 16 / 16 images; the train split keeps round(100 * fraction).
-    assert found == {name: f"train {round(100 * task.label_fraction)}, validation 16, test 16"
-                     for name, task in SYNTH_TASKS.items()}
+    # The tiny set has 100 / 16 / 16 images (200 train images for the low-label tasks);
+    # the train split keeps round(n * fraction).
+    pools = {name: 200 if name in LOW_LABEL_TASKS else 100 for name in SYNTH_TASKS}
+    assert found == {name: f"train {round(pools[name] * task.label_fraction)}, validation 16, "
+                     "test 16" for name, task in SYNTH_TASKS.items()}
+    # Low-label epochs: ceil(100 / 16) = 7 batches, as the 100 % tasks' epochs.
+    assert printed.count("up to 1 epoch(s) of 7 batches") == len(LOW_LABEL_TASKS) == 4
+    assert "(7 train batches)" in printed
     assert printed.count(", 64 px, 1 class(es) ['opacity']") == 6
     assert "up to 2 boxes per image" in printed and "dry run OK: nothing written" in printed
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # only the SynthCXR cache

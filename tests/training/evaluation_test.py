@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -74,6 +75,38 @@ def test_evaluate_task_searches_on_validation_then_runs_the_seeds(tmp_path):
     assert saved["mean"] == pytest.approx(summary["mean"])
     again = ev.evaluate_task(task, ev.random_init(18), seeds=3, output_dir=tmp_path, run=fake)
     assert len(fake.calls) == 5 and again["learning_rate"] == 1e-2
+
+
+def test_stored_results_of_another_recipe_are_not_reused(tmp_path):
+    task = _task(lr_grid=(1e-2,), label="old label", description="old")
+    fake = FakeRun({1e-2: 0.5})
+    ev.evaluate_task(task, ev.random_init(18), seeds=2, output_dir=tmp_path, run=fake)
+    # Naming fields may change; the summary is reused.
+    renamed = _task(lr_grid=(1e-2,), label="new label", description="new", number=3)
+    ev.evaluate_task(renamed, ev.random_init(18), seeds=2, output_dir=tmp_path, run=fake)
+    assert len(fake.calls) == 2
+    # Another recipe, encoder or seed list is refused, naming the file and the fields.
+    changed = {
+        "max_epochs: stored 1, now 5": (_task(lr_grid=(1e-2,), max_epochs=5), ev.random_init(18), 2),
+        "steps_per_epoch: stored None, now 7":
+            (_task(lr_grid=(1e-2,), steps_per_epoch=7), ev.random_init(18), 2),
+        "encoder: stored 'random init ResNet-18', now 'random init ResNet-50'":
+            (_task(lr_grid=(1e-2,)), ev.random_init(50), 2),
+        "seeds: stored [0, 1], now [0, 1, 2]": (_task(lr_grid=(1e-2,)), ev.random_init(18), 3),
+    }
+    for message, (other, factory, seeds) in changed.items():
+        with pytest.raises(ev.StaleResultError) as error:
+            ev.evaluate_task(other, factory, seeds=seeds, output_dir=tmp_path, run=fake)
+        assert str(tmp_path / "summary.json") in str(error.value) and message in str(error.value)
+    assert len(fake.calls) == 2
+    # A file written before a field existed counts it at its default.
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    del saved["task_config"]["steps_per_epoch"]
+    (tmp_path / "summary.json").write_text(json.dumps(saved))
+    ev.evaluate_task(task, ev.random_init(18), seeds=2, output_dir=tmp_path, run=fake)
+    with pytest.raises(ev.StaleResultError, match="steps_per_epoch"):
+        ev.evaluate_task(_task(lr_grid=(1e-2,), steps_per_epoch=7), ev.random_init(18),
+                         seeds=2, output_dir=tmp_path, run=fake)
 
 
 def test_a_single_rate_needs_no_search():
@@ -180,12 +213,27 @@ def test_evaluate_task_end_to_end_on_a_tiny_synthcxr(tmp_path):
     assert summary["seeds"] == [0, 1] and len(summary["runs"]) == 2
     for run in summary["runs"]:
         assert run["cached_features"] and run["epochs"] == 2 and run["train_rows"] == 12
+        assert run["train_batches_per_epoch"] == 3
         assert 0.0 <= run["test_metric"] <= 1.0 and 0.0 <= run["val_metric"] <= 1.0
         assert run["test"]["dice"] == run["test_metric"] == run["test"]["dice/opacity"]
         assert np.isfinite(run["test"]["loss"])
     assert np.isfinite(summary["mean"]) and np.isfinite(summary["ci95"])
     assert summary["mean"] == pytest.approx(np.mean(summary["test"]))
     assert (tmp_path / "out" / "lr_0.01" / "seed_1" / "result.json").is_file()
+    # Low-label recipe: 25 % of 12 rows, but the epoch of the 100 % task on 12 rows
+    # (3 batches of 4).
+    low = synth_task("synth_opacity_linear_10", image_size=64, batch_size=4, max_epochs=1,
+                     label_fraction=0.25, dataset_options=dict(SIZES, cache_dir=str(tmp_path / "c")),
+                     num_train=12, low_label_num_train=12)
+    assert low.steps_per_epoch == 3 and low.dataset_options["num_train"] == 12
+    result = ev.run_task(low, ev.random_init(18), 1e-2, seed=0, output_dir=tmp_path / "low")
+    assert result["train_rows"] == 3 and result["train_batches_per_epoch"] == 3
+    assert result["task_config"]["steps_per_epoch"] == 3
+    history = json.loads((tmp_path / "low" / "history.json").read_text())
+    assert len(history["loss"]) == 1
+    with pytest.raises(ev.StaleResultError, match="label_fraction"):
+        ev.run_task(dataclasses.replace(low, label_fraction=0.5), ev.random_init(18), 1e-2,
+                    seed=0, output_dir=tmp_path / "low")
 
 
 @pytest.mark.large

@@ -77,10 +77,19 @@ def test_cached_batches_hold_the_encoder_features_of_the_same_rows(folder, encod
     cached.set_epoch(0)
     cached.on_epoch_end()
     assert cached.epoch == 0
+    cached.on_epoch_begin()
     for index in range(3):
         cached[index]
     cached.on_epoch_end()
     assert cached.epoch == 1
+    # Fixed-length epochs of the base (low-label tasks) carry over.
+    stream = downstream_splits(folder, "segmentation", batch_size=4, label_fraction=0.5,
+                               train_steps_per_epoch=3, seed=2)["train"]
+    cached = CachedFeatureBatches(stream, store.get("half", encoder, stream, ["conv5"]))
+    assert len(cached) == len(stream) == 3 and stream.num_rows == 6
+    cached.set_epoch(4)
+    stream.set_epoch(4)
+    np.testing.assert_array_equal(cached[2][MASKS], stream[2][MASKS])
 
 
 def test_feature_store_spills_to_memory_maps_beyond_its_budget(folder, encoder):

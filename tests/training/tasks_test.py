@@ -68,6 +68,24 @@ def test_synthcxr_counterparts_cover_the_task_types():
         assert task.dataset == "synthcxr" and task.dataset_options["seed"] == 1
         assert len(task.lr_grid) == 2 and task.number is None
     assert t.SYNTH_TASKS["synth_foreign_object_yolov3_frozen"].metric == "froc"
+    # Low-label SynthCXR tasks: labelled rows from 5000 images (1 % = 50), epochs of the
+    # 100 % task's ceil(1000 / 16) = 63 batches; the paper's tasks keep one pass.
+    low = {name: task for name, task in t.SYNTH_TASKS.items() if task.steps_per_epoch}
+    assert set(low) == set(t.LOW_LABEL_TASKS) == {
+        f"synth_opacity_{h}_{p}" for h in ("linear", "yolov3_frozen") for p in (1, 10)}
+    for task in low.values():
+        assert task.steps_per_epoch == 63 and task.batch_size == 16
+        assert task.dataset_options == dict(t.SYNTHCXR_EVAL_DATA, num_train=5000)
+    assert t.SYNTH_TASKS["synth_opacity_linear_100"].dataset_options["num_train"] == 1000
+    assert not any(task.steps_per_epoch for task in t.PAPER_TASKS.values())
+    # Resizing: the quickstart's 300 / 2000 images; batch 8 -> ceil(300 / 8) = 38.
+    small = t.synth_task("synth_opacity_yolov3_frozen_1", num_train=300, low_label_num_train=2000)
+    assert small.steps_per_epoch == 19 and small.dataset_options["num_train"] == 2000
+    small = t.synth_task("synth_opacity_yolov3_frozen_1", num_train=300, batch_size=8)
+    assert small.steps_per_epoch == 38 and small.dataset_options["num_train"] == 5000
+    full = t.synth_task("synth_opacity_linear_100", num_train=300, low_label_num_train=2000)
+    assert full.steps_per_epoch is None and full.dataset_options["num_train"] == 300
+    assert t.synth_task("synth_opacity_linear_1", steps_per_epoch=None).steps_per_epoch is None
     small = t.synth_task("synth_opacity_linear_10", image_size=64)
     assert small.image_size == 64 and t.SYNTH_TASKS["synth_opacity_linear_10"].image_size == 224
     with pytest.raises(ValueError, match="no SynthCXR task"):
