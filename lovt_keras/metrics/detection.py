@@ -83,7 +83,13 @@ def iou_xywh(boxes_a: Any, boxes_b: Any) -> np.ndarray:
     return intersection / (area(a) + area(b) - intersection)
 
 
-def _check_boxes(boxes: Any, name: str, where: str) -> np.ndarray:
+def check_xywh_boxes(boxes: Any, name: str, where: str) -> np.ndarray:
+    """float64 ``(N, 4)`` boxes ``(x, y, w, h)``; an empty input gives ``(0, 4)``.
+
+    Raises:
+        ValueError: another shape, non-finite values or a negative width/height (naming
+            ``where``, ``name`` and the rows).
+    """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.size == 0:
         return boxes.reshape(0, 4)
@@ -197,8 +203,8 @@ class DetectionMAP:
             gt_classes: ``(G,)`` integer class ids, or None for all-zero.
         """
         where = f"image {self.num_images}"
-        pred_boxes = _check_boxes(pred_boxes, "pred_boxes", where)
-        gt_boxes = _check_boxes(gt_boxes, "gt_boxes", where)
+        pred_boxes = check_xywh_boxes(pred_boxes, "pred_boxes", where)
+        gt_boxes = check_xywh_boxes(gt_boxes, "gt_boxes", where)
         num_pred, num_gt = len(pred_boxes), len(gt_boxes)
         pred_scores = _check_vector(pred_scores, num_pred, "pred_scores", where, np.float64)
         pred_classes = (

@@ -36,23 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from lovt_keras.metrics.detection import check_xywh_boxes
+
 OBJECT_CXR_FPS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def _check_boxes(boxes: Any, name: str, where: str) -> np.ndarray:
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.size == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(
-            f"{where}: {name} must have shape (N, 4) as (x, y, w, h), got {boxes.shape}"
-        )
-    if not np.all(np.isfinite(boxes)):
-        raise ValueError(f"{where}: {name} has non-finite values")
-    bad = np.where((boxes[:, 2] < 0) | (boxes[:, 3] < 0))[0]
-    if bad.size:
-        raise ValueError(f"{where}: {name} rows {bad.tolist()} have negative width/height")
-    return boxes
 
 
 class FROC:
@@ -90,8 +76,8 @@ class FROC:
             gt_boxes: ``(G, 4)`` ground-truth boxes ``(x, y, w, h)``.
         """
         where = f"image {self.num_images}"
-        pred_boxes = _check_boxes(pred_boxes, "pred_boxes", where)
-        gt_boxes = _check_boxes(gt_boxes, "gt_boxes", where)
+        pred_boxes = check_xywh_boxes(pred_boxes, "pred_boxes", where)
+        gt_boxes = check_xywh_boxes(gt_boxes, "gt_boxes", where)
         scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(pred_boxes):
             raise ValueError(
