@@ -54,6 +54,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from lovt_keras.data.dataset_writer import imap_ordered
 from lovt_keras.data.synthcxr_render import (
     CLASS_INDEX,
     FIELD_OF_VIEW_CM,
@@ -375,22 +376,31 @@ def features(image_size: int = 224) -> datasets.Features:
     )
 
 
-def _rows(split: str, blocks: list, seed: int, image_size: int) -> Iterator[dict]:
-    # ``blocks`` is a list of index lists; datasets hands each worker some of them.
-    for index in (i for block in blocks for i in block):
-        image, specs, bits, findings_sentences, impression, ids = _generate(
-            sample_rng(seed, split, index), image_size, None
-        )
-        yield {
-            "image": image,
-            "study_id": f"synthcxr-{seed}-{split}-{index:06d}",
-            "report": format_report(findings_sentences, impression),
-            "sentences": findings_sentences + impression,
-            "boxes": _boxes(specs),
-            "box_classes": np.array([CLASS_INDEX[f.kind] for f in specs], np.int32),
-            "masks": bits,
-            "findings": json.dumps([dict(f.to_dict(), sentence_ids=i) for f, i in zip(specs, ids)]),
-        }
+def _sample_row(args: tuple[str, int, int, int]) -> dict:
+    """The dataset row of sample ``(split, index, seed, image_size)`` (picklable for
+    worker processes)."""
+    split, index, seed, image_size = args
+    image, specs, bits, findings_sentences, impression, ids = _generate(
+        sample_rng(seed, split, index), image_size, None
+    )
+    return {
+        "image": image,
+        "study_id": f"synthcxr-{seed}-{split}-{index:06d}",
+        "report": format_report(findings_sentences, impression),
+        "sentences": findings_sentences + impression,
+        "boxes": _boxes(specs),
+        "box_classes": np.array([CLASS_INDEX[f.kind] for f in specs], np.int32),
+        "masks": bits,
+        "findings": json.dumps([dict(f.to_dict(), sentence_ids=i) for f, i in zip(specs, ids)]),
+    }
+
+
+def _rows(split: str, num_samples: int, seed: int, image_size: int,
+          num_proc: int) -> Iterator[dict]:
+    # Spawned workers (imap_ordered), never datasets' forked ones: the parent may hold
+    # the threads of a backend (JAX warns that a fork can deadlock).
+    items = ((split, index, seed, image_size) for index in range(num_samples))
+    yield from imap_ordered(_sample_row, items, num_proc=num_proc, chunksize=16)
 
 
 def generate_split(
@@ -405,14 +415,13 @@ def generate_split(
     """Generates samples ``0 .. num_samples - 1`` of ``split`` as a ``datasets.Dataset``.
 
     With ``cache_dir=None`` the result is kept in memory; otherwise its Arrow files are
-    written under ``cache_dir`` (which must outlive the dataset). ``num_proc`` worker
-    processes each generate a contiguous block of indices; the result does not depend
-    on ``num_proc``.
+    written under ``cache_dir`` (which must outlive the dataset). With ``num_proc`` > 1,
+    that many spawned worker processes generate the samples (rows are written in index
+    order by this process); the result does not depend on ``num_proc``.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     num_proc = max(1, min(int(num_proc), num_samples))
-    blocks = [b.tolist() for b in np.array_split(np.arange(num_samples), num_proc)]
     fingerprint = f"synthcxr-v{GENERATOR_VERSION}-{seed}-{split}-{num_samples}-{image_size}"
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
@@ -428,11 +437,11 @@ def generate_split(
                 keep_in_memory=keep_in_memory,
                 gen_kwargs={
                     "split": split,
-                    "blocks": blocks,
+                    "num_samples": num_samples,
                     "seed": seed,
                     "image_size": image_size,
+                    "num_proc": num_proc,
                 },
-                num_proc=num_proc if num_proc > 1 else None,
                 fingerprint=fingerprint,
                 split=datasets.NamedSplit(split),
             )

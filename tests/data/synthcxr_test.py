@@ -1,6 +1,7 @@
 """Tests of the SynthCXR generator: determinism, labels, reports, statistics, caching."""
 
 import json
+import os
 import re
 
 import datasets
@@ -319,8 +320,13 @@ def test_generate_split_rows_match_samples():
         assert json.loads(ds[i]["findings"]) == json.loads(json.dumps(s["findings"]))
 
 
-def test_generate_split_independent_of_num_proc(tmp_path):
+def test_generate_split_independent_of_num_proc(tmp_path, monkeypatch):
     one = generate_split(6, seed=1, image_size=32)
+
+    def no_fork():  # workers are spawned: a fork beside a backend's threads can deadlock
+        raise AssertionError("os.fork() called")
+
+    monkeypatch.setattr(os, "fork", no_fork)
     two = generate_split(6, seed=1, image_size=32, num_proc=2, cache_dir=tmp_path / "b")
     assert one["study_id"] == two["study_id"] and one["report"] == two["report"]
     np.testing.assert_array_equal(
