@@ -59,7 +59,8 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
         recipes = {t.name: (t.lr_grid, t.max_epochs) for t in tasks}
         assert recipes["synth_opacity_linear_1"] == ((0.03, 0.3), 30)
         assert recipes["synth_pneumothorax_unet_finetune"] == ((3e-4,), 8)
-        assert recipes["synth_foreign_object_yolov3_frozen"] == ((1e-3,), 8)
+        assert recipes["synth_foreign_object_yolov3_frozen"] == ((1e-3,), 30)
+        assert recipes["synth_pneumothorax_unet_frozen"] == ((1e-3,), 8)
         assert spec.model()["Random"].width == 16
     elif stem.startswith("task"):
         number = int(stem[4:6])
