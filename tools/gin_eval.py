@@ -154,7 +154,7 @@ def paper_tasks(numbers: Sequence[int] | None = None, rsna: str | None = None,
 def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                 num_train: int = 1000, num_validation: int = 200, num_test: int = 300,
                 seed: int = 1, cache_dir: str | None = None,
-                low_label_num_train: int = 5000,
+                low_label_num_train: int | None = None,
                 overrides: Mapping[str, Any] | None = None,
                 task_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list:
     """SynthCXR tasks ``names`` (None = all) on a SynthCXR set of the given size.
@@ -165,9 +165,9 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
         num_train, num_validation, num_test, seed: the generated evaluation set
             (seed 1: not the pretraining images, which use seed 0).
         low_label_num_train: train images of the set that the 1 % and 10 % opacity
-            tasks draw their labelled rows from (the same validation and test images;
-            see ``lovt_keras.training.tasks``); their epochs have the 100 % task's
-            number of batches.
+            tasks draw their labelled rows from (same validation and test images; see
+            ``lovt_keras.training.tasks``); None = ``SYNTHCXR_LOW_LABEL_TRAIN`` (5000).
+            Their epochs have the 100 % task's number of batches.
         cache_dir: SynthCXR cache (default ``$LOVT_KERAS_CACHE/synthcxr``).
         overrides: other ``EvalTask`` fields set on every task.
         task_overrides: task name -> ``EvalTask`` fields set on that task only (after

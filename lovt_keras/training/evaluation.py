@@ -704,10 +704,9 @@ def evaluate_task(
         (the run results) and ``seconds``.
     """
     out = None if output_dir is None else Path(output_dir)
-    if out is not None:
-        done = _read_json(out / SUMMARY_FILE)
+    done = None if out is None else _read_json(out / SUMMARY_FILE)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if out is not None and done is not None:
+    if done is not None:
         check_stored_result(out / SUMMARY_FILE, done, task, encoder_factory, seeds)
         return done
     if not seeds:
