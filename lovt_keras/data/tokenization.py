@@ -1,11 +1,12 @@
 """WordPiece tokenization of sentence-split reports into fixed-shape arrays.
 
 LoVT encodes a report jointly (one BERT pass over all its sentences) and needs
-the sentence of every token to pool sentence features (reference §1.2). The
-official collator tokenizes each sentence without special tokens, concatenates
-the sentences in order while they fit the 510-token content budget, drops the
-first sentence that does not fit and all later ones, truncates a first sentence
-that alone is longer than the budget, and wraps the result in [CLS] ... [SEP].
+the sentence of every token to pool sentence features. The official collator
+(``ReportJointSentenceBatchCollator``, ``src/models/text/report_encoder.py``) tokenizes
+each sentence without special tokens, concatenates the sentences in order while they
+fit the 510-token content budget, drops the first sentence that does not fit and all
+later ones, truncates a first sentence that alone is longer than the budget, and wraps
+the result in [CLS] ... [SEP].
 ``ReportTokenizer.encode`` does the same with the Rust ``tokenizers`` WordPiece
 implementation and returns numpy arrays of fixed shape, so that JAX and
 TensorFlow compile one graph for every batch.
@@ -21,6 +22,7 @@ Deviations from the official code:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -28,7 +30,6 @@ from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers.implementations import BertWordPieceTokenizer
 
 from lovt_keras import keys
 from lovt_keras.data.reports import SkipCounter
@@ -177,29 +178,56 @@ class ReportTokenizer:
         limit_alphabet: int = 1000,
         **kwargs: Any,
     ) -> ReportTokenizer:
-        """Trains a WordPiece vocabulary on ``corpus`` (reports or sentences).
+        """Builds a WordPiece vocabulary from ``corpus`` (reports or sentences),
+        deterministically: the same corpus gives the same vocabulary in every process.
 
-        Uses ``tokenizers.BertWordPieceTokenizer.train_from_iterator`` with the
-        same normalization as encoding; the special tokens get ids 0-4 in the
-        order [PAD], [UNK], [CLS], [SEP], [MASK]. Other keyword arguments
-        (``max_tokens``, ``max_sentences``) go to the constructor.
+        The text is normalized and split into words exactly as when encoding (the BERT
+        normalizer and pre-tokenizer of ``tokenizers``). The vocabulary is, in this
+        order: the special tokens (ids 0-4: [PAD], [UNK], [CLS], [SEP], [MASK]); the
+        ``limit_alphabet`` most frequent characters, each as itself and as a ``##``
+        continuation; then whole words seen at least ``min_frequency`` times, most
+        frequent first (ties by the word), until ``vocab_size`` tokens. A word left out
+        is encoded as its characters, so every text stays encodable.
+
+        Why not ``tokenizers``' WordPiece trainer: it breaks ties between equally
+        frequent merges in hash-map order, which changes from process to process
+        (measured on the SynthCXR reports: three runs, three different vocabularies),
+        so two runs of the same experiment would train different models.
+
+        Other keyword arguments (``max_tokens``, ``max_sentences``) go to the
+        constructor.
         """
         if isinstance(corpus, str):
             raise TypeError("corpus must be an iterable of texts, not a single string")
-        trainer = BertWordPieceTokenizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+        normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=lowercase,
+            lowercase=lowercase,
         )
-        trainer.train_from_iterator(
-            corpus,
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
-            limit_alphabet=limit_alphabet,
-            wordpieces_prefix="##",
-            show_progress=False,
-        )
-        token_to_id = trainer.get_vocab(with_added_tokens=True)
-        vocabulary = [token for token, _ in sorted(token_to_id.items(), key=lambda kv: kv[1])]
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        words: Counter[str] = Counter()
+        for text in corpus:
+            normalized = normalizer.normalize_str(text)
+            words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalized))
+        characters: Counter[str] = Counter()
+        for word, count in words.items():
+            for character in word:
+                characters[character] += count
+        # Each character takes two slots (c and ##c); the special tokens come first.
+        room = max(0, (int(vocab_size) - len(SPECIAL_TOKENS)) // 2)
+        alphabet = sorted(characters, key=lambda c: (-characters[c], c))
+        alphabet = alphabet[: min(int(limit_alphabet), room)]
+        vocabulary = list(SPECIAL_TOKENS)
+        vocabulary += sorted(alphabet)
+        vocabulary += [f"##{c}" for c in sorted(alphabet)]
+        known = set(vocabulary)
+        frequent = sorted((w for w, n in words.items() if n >= min_frequency),
+                          key=lambda w: (-words[w], w))
+        for word in frequent:
+            if len(vocabulary) >= vocab_size:
+                break
+            if word not in known:
+                vocabulary.append(word)
+                known.add(word)
         return cls(vocabulary, lowercase=lowercase, **kwargs)
 
     def save_vocabulary(self, path: str | PathLike) -> Path:
