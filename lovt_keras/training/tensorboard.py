@@ -1,18 +1,18 @@
-"""TensorBoard scalar logs without TensorFlow's summary ops or the tensorboard package.
+"""TensorBoard scalar logs on every backend, written with tensorboardX.
 
-Keras' ``TensorBoard`` callback needs ``tf.summary``, whose implementation lives in the
-``tensorboard`` package (not a dependency of lovt_keras), and it imports TensorFlow on
-every backend. An event file is simple: TFRecord framing (length, masked CRC-32C,
-payload, masked CRC-32C) around ``tensorflow.Event`` protocol buffers. This module writes
-the three fields that scalar plots need (wall time, step, ``Summary.Value(tag,
-simple_value)``) by hand, which TensorBoard reads like any other event file.
+Keras' ``TensorBoard`` callback needs ``tf.summary`` (implemented in the ``tensorboard``
+package, not a dependency of lovt_keras) and imports TensorFlow on every backend.
+tensorboardX writes the same event files without TensorFlow: its ``RecordWriter`` does
+the TFRecord framing and checksums and its protocol buffers are TensorBoard's ``Event``
+and ``Summary``. This module keeps the layout of Keras' callback (``train`` and
+``validation`` runs, ``epoch_<name>`` tags).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-import struct
 import time
 from pathlib import Path
 
@@ -20,99 +20,45 @@ import keras
 
 from lovt_keras.training.callbacks import current_learning_rate
 
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum of TFRecord files."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field(number: int, wire_type: int) -> bytes:
-    return _varint((number << 3) | wire_type)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _field(number, 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0, scalars: dict[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-    """The protobuf bytes of a ``tensorflow.Event`` with scalar summary values."""
-    out = _field(1, 1) + struct.pack("<d", wall_time)  # double wall_time = 1
-    if step:
-        out += _field(2, 0) + _varint(int(step))  # int64 step = 2
-    if file_version is not None:
-        out += _length_delimited(3, file_version.encode())  # string file_version = 3
-    if scalars:
-        values = b"".join(
-            _length_delimited(  # Summary.value = 1
-                1,
-                _length_delimited(1, tag.encode())  # Value.tag = 1
-                + _field(2, 5) + struct.pack("<f", float(value)),  # Value.simple_value = 2
-            )
-            for tag, value in scalars.items()
-        )
-        out += _length_delimited(5, values)  # Summary summary = 5
-    return out
-
-
-def frame_record(payload: bytes) -> bytes:
-    """TFRecord framing of one record."""
-    length = struct.pack("<Q", len(payload))
-    return (length + struct.pack("<I", _masked_crc(length)) + payload
-            + struct.pack("<I", _masked_crc(payload)))
+# Event file names carry the second they were opened in; the process id and this counter
+# keep two writers opened in the same second in one folder from sharing a file.
+_FILE_NUMBERS = itertools.count()
 
 
 class EventFileWriter:
-    """Appends scalar events to a new ``events.out.tfevents.*`` file in ``log_dir``."""
+    """Appends scalar events to a new ``events.out.tfevents.*`` file in ``log_dir``.
+
+    Every event is flushed to disk when written, so the file can be read at any time.
+    """
 
     def __init__(self, log_dir: str | os.PathLike):
+        # tensorboardX imports torch whenever torch is installed (to accept its tensors):
+        # imported here, only when a run logs, not with lovt_keras.training.
+        from tensorboardX import RecordWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        self._event, self._summary = Event, Summary
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.v2"
+        name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_FILE_NUMBERS)}.v2")
         self.path = self.log_dir / name
-        self._write(encode_event(time.time(), file_version="brain.Event:2"))
+        self._records = RecordWriter(str(self.path))
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
-    def _write(self, payload: bytes) -> None:
-        with open(self.path, "ab") as f:
-            f.write(frame_record(payload))
-            f.flush()
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Writes one event holding the scalars ``values`` (tag -> value) at ``step``."""
-        self._write(encode_event(time.time(), step, values))
+        summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))
+                                       for tag, value in values.items()])
+        self._write(self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def close(self) -> None:
+        self._records.close()
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -141,3 +87,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         validation = {f"epoch_{k[4:]}": float(v) for k, v in logs.items() if k.startswith("val_")}
         if validation:
             self._writer("validation").scalars(epoch, validation)
+
+    def on_train_end(self, logs=None):
+        # A later fit with this callback (the rest of a resumed epoch, then the following
+        # epochs) writes new files in the same folders; TensorBoard reads them all.
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()

@@ -2,6 +2,7 @@
 equalization and the pixel statistics."""
 
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from lovt_keras.data.images import (
     to_uint8,
 )
 
-REALDATA_IMAGES = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "images"
+REALDATA_IMAGES = Path(os.environ["LOVT_KERAS_REALDATA"]) / "images"  # set by tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def test_real_files(path):
 def test_real_siim_dicom_values():
     files = sorted((REALDATA_IMAGES / "siim_acr_pneumothorax_dicom").glob("1.2.*.dcm"))
     if not files:
-        pytest.skip("real SIIM DICOM not present")
+        pytest.skip(f"real SIIM DICOM not present under {REALDATA_IMAGES}")
     ds = pydicom.dcmread(files[0])
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit  # decoded through Pillow
     out = read_image(files[0])

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lovt_keras.data.iu_xray import (
 from lovt_keras.data.reports import parse_iu_xray_xml, prepare_report
 from tools import prepare
 
-REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
+REALDATA = Path(os.environ["LOVT_KERAS_REALDATA"])  # set by tests/conftest.py
 SIZE = 12
 
 

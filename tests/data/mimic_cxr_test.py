@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lovt_keras.data.mimic_cxr import (
 )
 from tools import prepare
 
-REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata"
+REALDATA = Path(os.environ["LOVT_KERAS_REALDATA"])  # set by tests/conftest.py
 SIZE = 16
 ALL_CHEXPERT = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",

@@ -1,5 +1,6 @@
 """Tests for report section parsing, sentence splitting and skip counting."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from lovt_keras.data.reports import (
     split_sentences,
 )
 
-REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "reports"
+REALDATA = Path(os.environ["LOVT_KERAS_REALDATA"]) / "reports"  # set by tests/conftest.py
 
 
 def _realdata(*parts: str) -> Path:

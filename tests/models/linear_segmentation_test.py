@@ -3,7 +3,7 @@ import pytest
 
 from lovt_keras import keys
 from lovt_keras.models.linear_segmentation import LinearSegmentationHead
-from lovt_keras.testing.test_case import to_numpy
+from lovt_keras.testing.test_case import run_layer_test, run_serialization_test, to_numpy
 
 
 def bilinear_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -45,15 +45,13 @@ def test_head_is_a_1x1_conv_then_bilinear_upsampling(grid, image):
 
 
 def test_output_size_config_and_errors():
-    head = LinearSegmentationHead(num_classes=2, feature_layer="conv4", output_size=(12, 8))
-    features = {"conv4": np.ones((1, 3, 2, 4), "float32")}  # no images needed
-    assert to_numpy(head(features)).shape == (1, 12, 8, 2)
-    clone = LinearSegmentationHead.from_config(head.get_config())
-    assert clone.output_size == (12, 8) and clone.feature_layer == "conv4"
-    clone(features)
-    clone.set_weights(head.get_weights())
     x = {"conv4": np.random.default_rng(0).normal(size=(1, 3, 2, 4)).astype("float32")}
-    np.testing.assert_allclose(to_numpy(clone(x)), to_numpy(head(x)), atol=1e-6)
+    head, _ = run_layer_test(  # no images needed
+        LinearSegmentationHead,
+        {"num_classes": 2, "feature_layer": "conv4", "output_size": (12, 8)},
+        x, expected_output_shape=(1, 12, 8, 2))
+    clone = run_serialization_test(head)
+    assert clone.output_size == (12, 8) and clone.feature_layer == "conv4"
     with pytest.raises(KeyError, match="conv4"):
         head({"conv5": np.ones((1, 3, 2, 4), "float32")})
     with pytest.raises(ValueError, match="output_size"):

@@ -7,7 +7,7 @@ import pytest
 from lovt_keras import keys
 from lovt_keras.models import BertReportEncoder, minilm_folder, sentence_max_pool
 from lovt_keras.testing.fixtures import random_batch, tiny_bert
-from lovt_keras.testing.test_case import to_numpy
+from lovt_keras.testing.test_case import run_layer_test, run_serialization_test, to_numpy
 
 
 def _numpy_sentence_max(tokens, sentence_ids, num_sentences):
@@ -39,10 +39,10 @@ def test_sentence_max_pool_matches_numpy():
 
 def test_report_encoder_shapes_and_joint_encoding():
     batch = random_batch(batch_size=3, max_tokens=16, max_sentences=4, vocabulary_size=64)
-    encoder = BertReportEncoder(tiny_bert(64, 16), max_sentences=4)
-    out = to_numpy(encoder(batch))
-    assert out["token_features"].shape == (3, 16, 32)
-    assert out["sentence_features"].shape == (3, 4, 32)
+    inputs = {k: batch[k] for k in (keys.TOKEN_IDS, keys.PADDING_MASK, keys.SENTENCE_IDS)}
+    encoder, out = run_layer_test(
+        BertReportEncoder, {"backbone": tiny_bert(64, 16), "max_sentences": 4}, inputs,
+        expected_output_shape={"token_features": (3, 16, 32), "sentence_features": (3, 4, 32)})
     ref = _numpy_sentence_max(out["token_features"], batch[keys.SENTENCE_IDS], 4)
     np.testing.assert_allclose(out["sentence_features"], ref, rtol=1e-5, atol=1e-6)
     # Joint encoding: changing one sentence's tokens changes the other sentences too.
@@ -81,7 +81,7 @@ def test_frozen_layers_get_no_update():
 def test_config_round_trip_restores_freezing():
     encoder = BertReportEncoder(tiny_bert(64, 16, num_layers=3), max_sentences=5,
                                 num_frozen_layers=1)
-    clone = BertReportEncoder.from_config(encoder.get_config())
+    clone = run_serialization_test(encoder)
     assert clone.max_sentences == 5 and clone.num_frozen_layers == 1
     assert [layer.trainable for layer in clone.backbone.transformer_layers] == [False, True, True]
     with pytest.raises(ValueError, match="num_frozen_layers=4"):

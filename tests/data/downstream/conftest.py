@@ -1,5 +1,6 @@
 """Writers of tiny original-layout files for the downstream converter tests."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,6 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-REALDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata"
 
 
 def write_dicom(path, pixels) -> Path:
@@ -75,10 +74,14 @@ def files():
 
 @pytest.fixture
 def realdata():
-    """Path to ../shared/realdata (skips the test when absent)."""
+    """Path to a real sample file (skips the test when absent).
+
+    The folder is ``--realdata`` or ``$LOVT_KERAS_REALDATA`` (default ../shared/realdata),
+    set by tests/conftest.py after this file may have been imported: read it here.
+    """
 
     def get(*parts: str) -> Path:
-        path = REALDATA.joinpath(*parts)
+        path = Path(os.environ["LOVT_KERAS_REALDATA"]).joinpath(*parts)
         if not path.exists():
             pytest.skip(f"real data file {path} not present")
         return path
