@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -21,14 +25,119 @@ IMAGE_POOLINGS = ("attention", "avg")
 REPORT_POOLINGS = ("attention", "token_max", "sentence_avg")
 LOCAL_WEIGHTINGS = ("attention", "uniform")
 
-LOSS_NAMES = (
-    "global_image_to_report_loss",
-    "global_report_to_image_loss",
-    "local_image_l2att_loss",
-    "local_image_att2l_loss",
-    "local_report_l2att_loss",
-    "local_report_att2l_loss",
+LOSS_LEVELS = ("global", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """One loss of the pretrainer: the one place that names it and says what it needs.
+
+    Everything else (the active losses, the metric trackers, the weighted total, the
+    layers that are built, the loss weights in ``get_config``) is derived from the
+    ``LOSSES`` table of these.
+
+    Attributes:
+        weight: the constructor argument (and gin parameter) weighting the loss; 0
+            switches it off, and with it the layers only it needs.
+        components: the names of the components ``compute`` returns; each is a
+            ``keras.metrics.Mean`` tracker and a key of the training logs.
+        component_weights: ``(model) -> tuple of floats``, the weight of each component
+            in the total, in the order of ``components``.
+        level: which layers and ``y_pred`` entries the loss needs. ``"global"``: the
+            pooling and the global projection heads (``image_global``,
+            ``report_global``). ``"local"``: the local projection heads and the
+            cross-modal alignment (``region_embeddings``, ``sentence_embeddings``,
+            ``report_to_image``, ``image_to_report`` and, with attention weighting,
+            ``region_weights``/``sentence_weights``).
+        compute: ``(model, inputs, y_pred) -> {component: float32 scalar}``, the
+            unweighted components (a pure function of :mod:`lovt_keras.losses`).
+    """
+
+    weight: str
+    components: tuple[str, ...]
+    component_weights: Callable[[Any], tuple[float, ...]]
+    level: str
+    compute: Callable[[Any, dict, dict], dict]
+
+    def __post_init__(self):
+        if self.level not in LOSS_LEVELS:
+            raise ValueError(f"level={self.level!r} is not one of {LOSS_LEVELS}.")
+
+
+def _global_loss(model, inputs: dict, outputs: dict) -> dict:
+    return contrastive.global_contrastive_loss(
+        outputs[keys.IMAGE_GLOBAL],
+        outputs[keys.REPORT_GLOBAL],
+        temperature=model.global_temperature,
+    )
+
+
+def _local_image_loss(model, inputs: dict, outputs: dict) -> dict:
+    feature_map = model.image_encoder.output[model.image_feature_layer]
+    grid_shape = (feature_map.shape[1], feature_map.shape[2])
+    if None in grid_shape:
+        raise ValueError(
+            "The local image loss needs a fixed image size: build the image "
+            "encoder with image_size set."
+        )
+    return contrastive.local_image_loss(
+        outputs[keys.REGION_EMBEDDINGS],
+        outputs[keys.REPORT_TO_IMAGE],
+        region_weights=outputs.get(keys.REGION_WEIGHTS),
+        grid_shape=grid_shape,
+        temperature=model.local_temperature,
+        distance_threshold=model.distance_threshold,
+        smooth_lambda=model.smooth_lambda,
+        spatial_smoothing=model.spatial_smoothing,
+    )
+
+
+def _local_report_loss(model, inputs: dict, outputs: dict) -> dict:
+    return contrastive.local_report_loss(
+        outputs[keys.SENTENCE_EMBEDDINGS],
+        outputs[keys.IMAGE_TO_REPORT],
+        inputs[keys.SENTENCE_MASK],
+        sentence_weights=outputs.get(keys.SENTENCE_WEIGHTS),
+        temperature=model.local_temperature,
+    )
+
+
+def _halves(weight: str) -> Callable[[Any], tuple[float, float]]:
+    """The two directions of a local loss share its weight equally."""
+    return lambda model: (getattr(model, weight) / 2,) * 2
+
+
+# The losses of LoVT (paper section 3; the official configs/objective/*.yaml), in the
+# order of the components in the logs. A new loss is one entry here (plus its pure
+# function in lovt_keras.losses and its weight argument in LoVTPretrainer.__init__).
+LOSSES: tuple[LossSpec, ...] = (
+    LossSpec(
+        weight="global_loss_weight",
+        components=("global_image_to_report_loss", "global_report_to_image_loss"),
+        component_weights=lambda model: (
+            model.global_loss_weight * model.global_image_to_report_weight,
+            model.global_loss_weight * (1.0 - model.global_image_to_report_weight),
+        ),
+        level="global",
+        compute=_global_loss,
+    ),
+    LossSpec(
+        weight="local_image_loss_weight",
+        components=("local_image_l2att_loss", "local_image_att2l_loss"),
+        component_weights=_halves("local_image_loss_weight"),
+        level="local",
+        compute=_local_image_loss,
+    ),
+    LossSpec(
+        weight="local_report_loss_weight",
+        components=("local_report_l2att_loss", "local_report_att2l_loss"),
+        component_weights=_halves("local_report_loss_weight"),
+        level="local",
+        compute=_local_report_loss,
+    ),
 )
+
+LOSS_NAMES = tuple(name for spec in LOSSES for name in spec.components)
 
 
 @keras.saving.register_keras_serializable(package="lovt_keras")
@@ -52,10 +161,12 @@ class LoVTPretrainer(keras.Model):
           + local_report_weight / 2 * (L_rep,l2att + L_rep,att2l)
 
     with w = ``global_image_to_report_weight``. Each component has a
-    ``keras.metrics.Mean`` tracker of the same name.
+    ``keras.metrics.Mean`` tracker of the same name. The losses, their components,
+    weights and the layers they need are declared once, in ``LOSSES``.
 
     Args:
-        image_encoder: a ``ResNetImageEncoder`` (outputs a dict of feature maps).
+        image_encoder: a ``ResNetImageEncoder`` (outputs a dict of feature maps), as
+            an object (``from_config`` deserializes a config dict).
         report_encoder: a ``BertReportEncoder``.
         image_pooling: ``"attention"`` (LoVT, CLIP*) or ``"avg"`` (ConVIRT).
         report_pooling: ``"attention"`` over sentences (LoVT), ``"token_max"``
@@ -102,33 +213,21 @@ class LoVTPretrainer(keras.Model):
         alignment_batch_norm: bool = True,
         **kwargs,
     ):
+        # The loss weights are the arguments LOSSES names, read by name so that a new
+        # loss needs only its entry and its argument (first statement: nothing else is
+        # a local yet).
+        arguments = locals()
+        loss_weights = {spec.weight: arguments[spec.weight] for spec in LOSSES}
         super().__init__(**kwargs)
-        if isinstance(image_encoder, dict):
-            image_encoder = keras.saving.deserialize_keras_object(image_encoder)
-        if isinstance(report_encoder, dict):
-            report_encoder = keras.saving.deserialize_keras_object(report_encoder)
+        _check_encoder("image_encoder", image_encoder)
+        _check_encoder("report_encoder", report_encoder)
         _check_choice("image_pooling", image_pooling, IMAGE_POOLINGS)
         _check_choice("report_pooling", report_pooling, REPORT_POOLINGS)
         _check_choice("local_weighting", local_weighting, LOCAL_WEIGHTINGS)
-        for name, value in (
-            ("global_loss_weight", global_loss_weight),
-            ("local_image_loss_weight", local_image_loss_weight),
-            ("local_report_loss_weight", local_report_loss_weight),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
-        if global_loss_weight == 0 and local_image_loss_weight == 0 and (
-            local_report_loss_weight == 0
-        ):
-            raise ValueError("All loss weights are 0: nothing to train.")
-        if local_weighting == "attention" and (
-            image_pooling != "attention" or report_pooling != "attention"
-        ) and (local_image_loss_weight > 0 or local_report_loss_weight > 0):
-            raise ValueError(
-                "local_weighting='attention' needs image_pooling='attention' and "
-                "report_pooling='attention' (the weights are the attention-pooling "
-                "weights); use local_weighting='uniform' otherwise."
-            )
+        _check_loss_weights(loss_weights)
+        levels = {spec.level for spec in LOSSES if loss_weights[spec.weight] > 0}
+        _check_local_weighting(local_weighting, image_pooling, report_pooling,
+                               uses_local="local" in levels)
         self.image_encoder = image_encoder
         self.report_encoder = report_encoder
         self.image_pooling = image_pooling
@@ -138,9 +237,8 @@ class LoVTPretrainer(keras.Model):
         self.projection_batch_norm = projection_batch_norm
         self.num_pooling_heads = num_pooling_heads
         self.image_feature_layer = image_feature_layer
-        self.global_loss_weight = global_loss_weight
-        self.local_image_loss_weight = local_image_loss_weight
-        self.local_report_loss_weight = local_report_loss_weight
+        for name, value in loss_weights.items():
+            setattr(self, name, value)
         self.global_image_to_report_weight = global_image_to_report_weight
         self.global_temperature = global_temperature
         self.local_temperature = local_temperature
@@ -150,28 +248,35 @@ class LoVTPretrainer(keras.Model):
         self.local_weighting = local_weighting
         self.alignment_batch_norm = alignment_batch_norm
 
-        self.uses_global = global_loss_weight > 0
-        self.uses_local = local_image_loss_weight > 0 or local_report_loss_weight > 0
+        self.uses_global = "global" in levels
+        self.uses_local = "local" in levels
+        self._create_layers()
+        self.loss_trackers = {
+            name: keras.metrics.Mean(name=name) for name in self.active_loss_names
+        }
+
+    def _create_layers(self):
+        """Creates the layers the active losses need (their ``level``); others are None."""
         needs_pooling = self.uses_global or (
-            self.uses_local and local_weighting == "attention"
+            self.uses_local and self.local_weighting == "attention"
         )
         dtype = self.dtype_policy
 
         def head(name):
             return ProjectionHead(
-                hidden_dim, projection_dim, batch_norm=projection_batch_norm, dtype=dtype,
-                name=name,
+                self.hidden_dim, self.projection_dim, batch_norm=self.projection_batch_norm,
+                dtype=dtype, name=name,
             )
 
         self.image_attention_pooling = None
         self.report_attention_pooling = None
-        if needs_pooling and image_pooling == "attention":
+        if needs_pooling and self.image_pooling == "attention":
             self.image_attention_pooling = AttentionPooling(
-                num_pooling_heads, dtype=dtype, name="image_attention_pooling"
+                self.num_pooling_heads, dtype=dtype, name="image_attention_pooling"
             )
-        if needs_pooling and report_pooling == "attention":
+        if needs_pooling and self.report_pooling == "attention":
             self.report_attention_pooling = AttentionPooling(
-                num_pooling_heads, dtype=dtype, name="report_attention_pooling"
+                self.num_pooling_heads, dtype=dtype, name="report_attention_pooling"
             )
         self.image_global_projection = head("image_global_projection") if self.uses_global else None
         self.report_global_projection = (
@@ -180,24 +285,30 @@ class LoVTPretrainer(keras.Model):
         self.image_local_projection = head("image_local_projection") if self.uses_local else None
         self.report_local_projection = head("report_local_projection") if self.uses_local else None
         self.alignment = (
-            CrossModalAlignment(batch_norm=alignment_batch_norm, dtype=dtype, name="alignment")
+            CrossModalAlignment(
+                batch_norm=self.alignment_batch_norm, dtype=dtype, name="alignment"
+            )
             if self.uses_local
             else None
         )
-        self.loss_trackers = {
-            name: keras.metrics.Mean(name=name) for name in self.active_loss_names
-        }
+
+    @property
+    def active_losses(self) -> tuple[LossSpec, ...]:
+        """The entries of ``LOSSES`` with a weight > 0, in table order."""
+        return tuple(spec for spec in LOSSES if getattr(self, spec.weight) > 0)
 
     @property
     def active_loss_names(self) -> tuple[str, ...]:
-        names = []
-        if self.uses_global:
-            names += list(LOSS_NAMES[:2])
-        if self.local_image_loss_weight > 0:
-            names += list(LOSS_NAMES[2:4])
-        if self.local_report_loss_weight > 0:
-            names += list(LOSS_NAMES[4:6])
-        return tuple(names)
+        """The components of the active losses (also the names of their trackers)."""
+        return tuple(name for spec in self.active_losses for name in spec.components)
+
+    @property
+    def loss_component_weights(self) -> dict[str, float]:
+        """The weight of every component of ``LOSSES`` in the total (0 if inactive)."""
+        weights = {}
+        for spec in LOSSES:
+            weights.update(zip(spec.components, spec.component_weights(self), strict=True))
+        return weights
 
     def build(self, input_shape):
         """Builds every sub-layer symbolically from a dict of input shapes."""
@@ -276,57 +387,13 @@ class LoVTPretrainer(keras.Model):
     def loss_components(self, inputs, outputs) -> dict:
         """The named, unweighted loss components (scalars) of a forward pass."""
         components = {}
-        if self.uses_global:
-            components.update(
-                contrastive.global_contrastive_loss(
-                    outputs[keys.IMAGE_GLOBAL],
-                    outputs[keys.REPORT_GLOBAL],
-                    temperature=self.global_temperature,
-                )
-            )
-        feature_map = self.image_encoder.output[self.image_feature_layer]
-        grid_shape = (feature_map.shape[1], feature_map.shape[2])
-        if self.local_image_loss_weight > 0:
-            if None in grid_shape:
-                raise ValueError(
-                    "The local image loss needs a fixed image size: build the image "
-                    "encoder with image_size set."
-                )
-            components.update(
-                contrastive.local_image_loss(
-                    outputs[keys.REGION_EMBEDDINGS],
-                    outputs[keys.REPORT_TO_IMAGE],
-                    region_weights=outputs.get(keys.REGION_WEIGHTS),
-                    grid_shape=grid_shape,
-                    temperature=self.local_temperature,
-                    distance_threshold=self.distance_threshold,
-                    smooth_lambda=self.smooth_lambda,
-                    spatial_smoothing=self.spatial_smoothing,
-                )
-            )
-        if self.local_report_loss_weight > 0:
-            components.update(
-                contrastive.local_report_loss(
-                    outputs[keys.SENTENCE_EMBEDDINGS],
-                    outputs[keys.IMAGE_TO_REPORT],
-                    inputs[keys.SENTENCE_MASK],
-                    sentence_weights=outputs.get(keys.SENTENCE_WEIGHTS),
-                    temperature=self.local_temperature,
-                )
-            )
+        for spec in self.active_losses:
+            components.update(spec.compute(self, inputs, outputs))
         return components
 
     def weighted_total(self, components: dict):
         """The total loss from the named components (see the class docstring)."""
-        w = self.global_image_to_report_weight
-        weights = {
-            "global_image_to_report_loss": self.global_loss_weight * w,
-            "global_report_to_image_loss": self.global_loss_weight * (1.0 - w),
-            "local_image_l2att_loss": self.local_image_loss_weight / 2,
-            "local_image_att2l_loss": self.local_image_loss_weight / 2,
-            "local_report_l2att_loss": self.local_report_loss_weight / 2,
-            "local_report_att2l_loss": self.local_report_loss_weight / 2,
-        }
+        weights = self.loss_component_weights
         total = ops.zeros((), dtype="float32")
         for name, value in components.items():
             total = total + weights[name] * ops.cast(value, "float32")
@@ -353,9 +420,9 @@ class LoVTPretrainer(keras.Model):
             projection_batch_norm=self.projection_batch_norm,
             num_pooling_heads=self.num_pooling_heads,
             image_feature_layer=self.image_feature_layer,
-            global_loss_weight=self.global_loss_weight,
-            local_image_loss_weight=self.local_image_loss_weight,
-            local_report_loss_weight=self.local_report_loss_weight,
+        )
+        config.update({spec.weight: getattr(self, spec.weight) for spec in LOSSES})
+        config.update(
             global_image_to_report_weight=self.global_image_to_report_weight,
             global_temperature=self.global_temperature,
             local_temperature=self.local_temperature,
@@ -369,6 +436,12 @@ class LoVTPretrainer(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        # As keras-hub's CLIPBackbone: the constructor takes encoder objects; their
+        # configs are deserialized here.
+        config = dict(config)
+        for name in ("image_encoder", "report_encoder"):
+            if isinstance(config.get(name), dict):
+                config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
 
 
@@ -377,10 +450,37 @@ def _check_choice(name, value, choices):
         raise ValueError(f"{name}={value!r} is not one of {choices}.")
 
 
-# Constructor arguments of the published methods and of the ablations of spec
-# section 3.5 (all pretrain on 30 % MIMIC-CXR). Data-side differences (one random
-# sentence per sample for ConVIRT/CLIP*, sentence shuffling for LoVT) and
-# optimizer differences live in the data pipeline and the gin files.
+def _check_encoder(name, encoder):
+    if not isinstance(encoder, keras.layers.Layer):
+        raise TypeError(
+            f"{name} must be a Keras layer or model, got {type(encoder).__name__}; "
+            "LoVTPretrainer.from_config rebuilds a pretrainer from a config."
+        )
+
+
+def _check_loss_weights(loss_weights: dict) -> None:
+    for name, value in loss_weights.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    if all(value == 0 for value in loss_weights.values()):
+        raise ValueError("All loss weights are 0: nothing to train.")
+
+
+def _check_local_weighting(local_weighting, image_pooling, report_pooling, uses_local):
+    if local_weighting == "attention" and uses_local and (
+        image_pooling != "attention" or report_pooling != "attention"
+    ):
+        raise ValueError(
+            "local_weighting='attention' needs image_pooling='attention' and "
+            "report_pooling='attention' (the weights are the attention-pooling "
+            "weights); use local_weighting='uniform' otherwise."
+        )
+
+
+# Constructor arguments of the published methods and of the ablations (official
+# configs/experiment/ablation/*.yaml; all pretrain on 30 % MIMIC-CXR). Data-side
+# differences (one random sentence per sample for ConVIRT/CLIP*, sentence shuffling for
+# LoVT) and optimizer differences live in the data pipeline and the gin files.
 VARIANTS = {
     "lovt": {},
     "convirt": dict(

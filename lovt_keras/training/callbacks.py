@@ -4,6 +4,11 @@ Keeping the state of early stopping, the best value and the plateau scheduler in
 ``TrainingState`` (instead of inside Keras' own callbacks) is what lets a run that was
 killed continue exactly: the state is saved with every checkpoint and restored before
 ``fit`` starts again.
+
+Training also says when it goes wrong, as big_vision does: ``StopOnNonFiniteLoss`` stops
+at the first non-finite loss, naming the step and the component, and ``NormLogger`` puts
+the parameter norm and (with ``track_gradient_norm``) the gradient norm beside the losses
+in the epoch logs.
 """
 
 from __future__ import annotations
@@ -18,12 +23,86 @@ from typing import Any, TextIO
 
 import keras
 import numpy as np
+from keras import ops
 
+from lovt_keras.files import write_atomically
 from lovt_keras.training.checkpoints import TrainingState
+
+PARAMETER_NORM = "parameter_norm"
+GRADIENT_NORM = "gradient_norm"
 
 
 def _float(value) -> float:
     return float(np.asarray(keras.ops.convert_to_numpy(value)))
+
+
+def global_norm(tensors) -> Any:
+    """``sqrt(sum of the squares of every entry)`` of a list of tensors or variables.
+
+    None entries (variables without a gradient) are skipped. Computed in float32 with
+    ``keras.ops``; returns a float32 scalar tensor (0 for an empty list).
+    """
+    # reshape first: it turns TensorFlow's IndexedSlices (embedding gradients) into
+    # dense tensors, summing duplicate rows; squaring the slices' values directly
+    # would square each duplicate separately.
+    squares = [
+        ops.sum(ops.square(ops.cast(ops.reshape(t, (-1,)), "float32")))
+        for t in tensors if t is not None
+    ]
+    if not squares:
+        return ops.zeros((), "float32")
+    return ops.sqrt(ops.sum(ops.stack(squares)))
+
+
+def track_gradient_norm(optimizer):
+    """Makes ``optimizer`` add up the global L2 norm of every gradient it applies.
+
+    Two float32 optimizer variables are added, ``gradient_norm_sum`` and
+    ``gradient_norm_count`` (the gradients applied since ``NormLogger`` last read them),
+    and the instance's ``apply`` is wrapped to update them. Keras' trainers call
+    ``apply`` on every backend (TensorFlow and PyTorch directly, JAX inside
+    ``stateless_apply``, whose scope carries the two variables through the compiled
+    step like the Adam moments), so no per-backend ``train_step`` is needed. The norm
+    is of each mini-batch's gradient as the optimizer receives it (after loss-scale
+    unscaling; before clipping and gradient accumulation); a ``LossScaleOptimizer``
+    skips, and so does not count, the steps whose scaled gradients overflowed.
+
+    The instance is wrapped rather than subclassed: on PyTorch ``keras.optimizers.Adam``
+    and ``AdamW`` construct fused torch-specific classes that a subclass would lose.
+    Call it before the optimizer's variables are first checkpointed: the two variables
+    are saved with them (a checkpoint written without them does not load into an
+    optimizer with them, and the other way round).
+
+    Args:
+        optimizer: a Keras optimizer (or a ``LossScaleOptimizer``: its inner optimizer
+            is tracked). Built or not.
+
+    Returns:
+        The optimizer (tracking it twice changes nothing).
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if _gradient_norm_variables(inner) is not None:
+        return optimizer
+    total = inner.add_variable((), initializer="zeros", dtype="float32",
+                               name="gradient_norm_sum")
+    count = inner.add_variable((), initializer="zeros", dtype="float32",
+                               name="gradient_norm_count")
+    apply = inner.apply
+
+    def apply_and_track(grads, trainable_variables=None):
+        grads = list(grads)
+        total.assign_add(global_norm(grads))
+        count.assign_add(ops.ones((), "float32"))
+        return apply(grads, trainable_variables)
+
+    inner.apply = apply_and_track
+    inner._gradient_norm_variables = (total, count)
+    return optimizer
+
+
+def _gradient_norm_variables(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return getattr(inner, "_gradient_norm_variables", None)
 
 
 def current_learning_rate(optimizer) -> float:
@@ -47,6 +126,83 @@ class SetDataEpoch(keras.callbacks.Callback):
         set_epoch = getattr(self.data, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(int(epoch))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (raised by ``StopOnNonFiniteLoss``)."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops ``fit`` with a ``NonFiniteLossError`` at the first non-finite loss.
+
+    After every training batch it checks ``loss`` and every ``*_loss`` component of the
+    batch logs (Keras' running means over the epoch, so the first batch that produced
+    a NaN or infinity is the one found) and raises an error naming the step (1-based
+    epoch and batch) and each non-finite entry, as big_vision stops on a non-finite
+    loss. Put it before the ``Checkpointer``, which then keeps the last finite state.
+
+    Args:
+        resume_offset: mini-batches of the first epoch trained before an interruption
+            (as ``Checkpointer``), so that batches are counted from the epoch start.
+    """
+
+    def __init__(self, resume_offset: int = 0):
+        super().__init__()
+        self.resume_offset = int(resume_offset)
+        self._epoch = 0
+        self._offset = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = int(epoch)
+        self._offset, self.resume_offset = self.resume_offset, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        values = {
+            key: _float(value) for key, value in (logs or {}).items()
+            if key == "loss" or key.endswith("_loss")
+        }
+        # ``loss`` first, then the components by name (the logs' order is the metrics'
+        # order on TensorFlow and PyTorch, sorted on JAX).
+        bad = sorted((key != "loss", key) for key, value in values.items()
+                     if not math.isfinite(value))
+        if bad:
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {self._epoch + 1}, batch "
+                f"{self._offset + int(batch) + 1}: "
+                + ", ".join(f"{key}={values[key]}" for _, key in bad)
+                + " (running means of the epoch)"
+            )
+
+
+class NormLogger(keras.callbacks.Callback):
+    """Adds the parameter and gradient norms to the epoch logs, beside the losses.
+
+    - ``parameter_norm``: the global L2 norm of the trainable weights at the end of the
+      epoch;
+    - ``gradient_norm``: the mean over the epoch's mini-batches of the global L2 norm of
+      their gradients, when the optimizer was prepared with ``track_gradient_norm``
+      (absent otherwise, or when no gradient was applied).
+
+    Put it before the callbacks that log (``MetricsLogger``, ``TensorBoardLogger``):
+    they write what it adds. The gradient sums are reset after being read; kept in the
+    optimizer's variables, they are checkpointed, so an epoch resumed in its middle
+    still averages all of its mini-batches.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        model = self.model  # on JAX, reading it attaches the trained state
+        logs[PARAMETER_NORM] = _float(global_norm(model.trainable_weights))
+        tracked = _gradient_norm_variables(model.optimizer)
+        if tracked is None:
+            return
+        total, count = tracked
+        if _float(count) > 0:
+            logs[GRADIENT_NORM] = _float(total) / _float(count)
+        total.assign(ops.zeros((), "float32"))
+        count.assign(ops.zeros((), "float32"))
 
 
 class BestAndEarlyStopping(keras.callbacks.Callback):
@@ -252,6 +408,4 @@ def truncate_metrics(path: str | os.PathLike, completed_epochs: int) -> None:
                 continue  # a line cut by the interruption
             if int(record.get("epoch", 0)) <= completed_epochs:
                 kept.append(json.dumps(record))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in kept))

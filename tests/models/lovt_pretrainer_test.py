@@ -1,12 +1,17 @@
+import dataclasses
+import inspect
+
 import keras
 import numpy as np
 import pytest
 
 from lovt_keras import keys
 from lovt_keras.losses import global_contrastive_loss, local_image_loss, local_report_loss
-from lovt_keras.models import LOSS_NAMES, VARIANTS, LoVTPretrainer
+from lovt_keras.models import LOSS_NAMES, VARIANTS, LoVTPretrainer, lovt_pretrainer
+from lovt_keras.models.lovt_pretrainer import LOSSES, LossSpec
 from lovt_keras.testing.fixtures import random_batch, tiny_pretrainer
 from lovt_keras.testing.test_case import assert_allclose_tree, saved_and_loaded, to_numpy
+from lovt_keras.training.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
 
 def _batch(batch_size=8, seed=1, **kwargs):
@@ -51,6 +56,85 @@ def test_compute_loss_is_the_weighted_sum_of_components():
     assert set(results) == set(LOSS_NAMES)
     for name in LOSS_NAMES:
         np.testing.assert_allclose(results[name], c[name], rtol=1e-5)
+
+
+def test_the_losses_table_declares_names_weights_and_levels():
+    assert LOSS_NAMES == (
+        "global_image_to_report_loss", "global_report_to_image_loss",
+        "local_image_l2att_loss", "local_image_att2l_loss",
+        "local_report_l2att_loss", "local_report_att2l_loss",
+    )
+    parameters = inspect.signature(LoVTPretrainer.__init__).parameters
+    assert all(spec.weight in parameters for spec in LOSSES)
+    assert [spec.level for spec in LOSSES] == ["global", "local", "local"]
+    with pytest.raises(ValueError, match="level='regional'"):
+        dataclasses.replace(LOSSES[0], level="regional")
+    model = tiny_pretrainer(local_image_loss_weight=0.0)
+    config = model.get_config()
+    assert config["local_image_loss_weight"] == 0.0 and config["global_loss_weight"] == 1.0
+    assert [m.name for m in model.metrics if m.name in LOSS_NAMES] == [
+        n for n in LOSS_NAMES if not n.startswith("local_image")]
+
+
+def test_table_driven_total_is_the_hand_weighted_sum_with_other_weights():
+    weights = dict(global_loss_weight=0.5, global_image_to_report_weight=0.6,
+                   local_image_loss_weight=0.3, local_report_loss_weight=0.9)
+    model = tiny_pretrainer(**weights)
+    batch = _batch(4)
+    out = model(batch, training=False)
+    total = float(to_numpy(model.compute_loss(batch, None, out, training=False)))
+    c = {m.name: float(to_numpy(m.result())) for m in model.loss_trackers.values()}
+    assert tuple(c) == LOSS_NAMES
+    expected = (0.5 * 0.6 * c["global_image_to_report_loss"]
+                + 0.5 * 0.4 * c["global_report_to_image_loss"]
+                + 0.15 * (c["local_image_l2att_loss"] + c["local_image_att2l_loss"])
+                + 0.45 * (c["local_report_l2att_loss"] + c["local_report_att2l_loss"]))
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def test_a_new_loss_is_one_entry_of_the_table(monkeypatch):
+    """A made-up extra local loss, declared only in the table, is computed, weighted,
+    tracked and logged; switched off with its weight, it disappears."""
+    def region_norm_loss(model, inputs, outputs):
+        region = keras.ops.cast(outputs[keys.REGION_EMBEDDINGS], "float32")
+        return {"local_region_norm_loss": keras.ops.mean(keras.ops.square(region))}
+
+    extra = LossSpec(weight="local_report_loss_weight", components=("local_region_norm_loss",),
+                     component_weights=lambda model: (2 * model.local_report_loss_weight,),
+                     level="local", compute=region_norm_loss)
+    monkeypatch.setattr(lovt_pretrainer, "LOSSES", (*LOSSES, extra))
+    model = tiny_pretrainer(global_loss_weight=0.0, local_image_loss_weight=0.0,
+                            local_weighting="uniform")
+    assert model.active_loss_names == (
+        "local_report_l2att_loss", "local_report_att2l_loss", "local_region_norm_loss")
+    batch = _batch(4)
+    out = model(batch, training=False)
+    total = float(to_numpy(model.compute_loss(batch, None, out, training=False)))
+    region = to_numpy(out[keys.REGION_EMBEDDINGS]).astype(np.float64)
+    results = {m.name: float(to_numpy(m.result())) for m in model.loss_trackers.values()}
+    np.testing.assert_allclose(results["local_region_norm_loss"], (region**2).mean(), rtol=1e-5)
+    expected = (0.375 * (results["local_report_l2att_loss"] + results["local_report_att2l_loss"])
+                + 1.5 * results["local_region_norm_loss"])
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    history = model.fit(batch, batch_size=4, epochs=1, verbose=0).history
+    # (training=True: batch statistics and dropout, so not the value above)
+    assert history["local_region_norm_loss"][0] > 0
+    assert "local_region_norm_loss" not in tiny_pretrainer(local_report_loss_weight=0.0).loss_trackers
+
+
+def test_a_nan_batch_stops_fit_naming_the_step_and_the_components():
+    model = tiny_pretrainer()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    batch = _batch(8)
+    batch[keys.IMAGES][6] = np.nan  # in the second mini-batch of 4
+    with pytest.raises(NonFiniteLossError) as error:
+        model.fit(batch, batch_size=4, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[StopOnNonFiniteLoss()])
+    message = str(error.value)
+    assert message.startswith("non-finite training loss at epoch 1, batch 2: loss=nan"), message
+    for name in LOSS_NAMES:
+        assert f"{name}=nan" in message
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -122,6 +206,10 @@ def test_keras_round_trip_gives_identical_outputs():
     assert_allclose_tree(loaded(batch, training=False), expected, atol=1e-5, rtol=1e-5)
     clone = LoVTPretrainer.from_config(model.get_config())
     assert clone.report_encoder.num_frozen_layers == model.report_encoder.num_frozen_layers
+    assert clone.get_config() == model.get_config()
+    # The constructor takes encoder objects; configs go through from_config.
+    with pytest.raises(TypeError, match="image_encoder must be a Keras layer.*from_config"):
+        LoVTPretrainer(model.get_config()["image_encoder"], model.report_encoder)
 
 
 def test_gradient_accumulation_and_mixed_precision():

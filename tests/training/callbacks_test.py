@@ -5,12 +5,19 @@ import keras
 import numpy as np
 import pytest
 
+from lovt_keras.testing.test_case import to_numpy
 from lovt_keras.training.callbacks import (
+    GRADIENT_NORM,
+    PARAMETER_NORM,
     BestAndEarlyStopping,
     MetricsLogger,
+    NonFiniteLossError,
+    NormLogger,
     ReduceLROnPlateau,
+    StopOnNonFiniteLoss,
     format_epoch_summary,
     read_metrics,
+    track_gradient_norm,
     truncate_metrics,
 )
 from lovt_keras.training.checkpoints import TrainingState
@@ -118,3 +125,131 @@ def test_truncate_metrics_keeps_completed_epochs(tmp_path):
     path.write_text('{"epoch": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
         read_metrics(path)
+
+
+def test_stop_on_non_finite_loss_names_step_and_components_by_hand():
+    callback = StopOnNonFiniteLoss(resume_offset=10)
+    callback.set_model(_model())
+    callback.on_epoch_begin(2)
+    callback.on_train_batch_end(0, {"loss": 1.0, "a_loss": 0.5})  # finite: nothing
+    with pytest.raises(NonFiniteLossError) as error:
+        callback.on_train_batch_end(4, {"loss": np.float32("inf"), "a_loss": 1.0,
+                                        "b_loss": float("nan"), "accuracy": float("nan")})
+    assert str(error.value).startswith(
+        "non-finite training loss at epoch 3, batch 15: loss=inf, b_loss=nan")
+    assert "a_loss" not in str(error.value) and "accuracy" not in str(error.value)
+    assert callback.model.stop_training
+    callback.on_epoch_begin(3)  # the resume offset applies to the first epoch only
+    with pytest.raises(NonFiniteLossError, match="epoch 4, batch 1: a_loss=nan"):
+        callback.on_train_batch_end(0, {"loss": 1.0, "a_loss": float("nan")})
+
+
+class _TwoLosses(keras.Model):
+    """``loss = first_loss + second_loss``; ``second_loss`` is the mean log of the
+    inputs' first column, NaN for a batch with a negative entry there."""
+
+    def __init__(self):
+        super().__init__(name="two_losses")  # TensorFlow rejects the default "__two_losses"
+        self.dense = keras.layers.Dense(1)
+        self.trackers = [keras.metrics.Mean(name=n) for n in ("first_loss", "second_loss")]
+
+    def call(self, x):
+        return self.dense(x)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        first = keras.ops.mean(keras.ops.square(y_pred - y))
+        second = keras.ops.mean(keras.ops.log(x[:, 0]))
+        self.trackers[0].update_state(first)
+        self.trackers[1].update_state(second)
+        return first + second
+
+
+def test_a_nan_loss_stops_fit_naming_step_and_component():
+    x = np.ones((8, 2), "float32")
+    x[5, 0] = -1.0  # second batch of 4 -> log(-1) = NaN
+    model = _TwoLosses()
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    after = []
+    spy = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: after.append(b))
+    with pytest.raises(NonFiniteLossError) as error:
+        model.fit(x, np.zeros((8, 1), "float32"), batch_size=4, epochs=3, shuffle=False,
+                  verbose=0, callbacks=[StopOnNonFiniteLoss(), spy])
+    message = str(error.value)
+    assert message.startswith("non-finite training loss at epoch 1, batch 2: "), message
+    assert "loss=nan" in message and "second_loss=nan" in message
+    assert "first_loss" not in message
+    assert after == [0]  # the callbacks after it never saw the bad batch
+
+
+def _embedding_model(learning_rate):
+    """ids (B, 4) -> Embedding(5, 3) -> mean over tokens -> Dense(1); MSE."""
+    model = keras.Sequential([
+        keras.Input((4,), dtype="int32"),
+        keras.layers.Embedding(5, 3, embeddings_initializer=keras.initializers.RandomNormal(
+            seed=1)),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(1, kernel_initializer=keras.initializers.RandomNormal(seed=2),
+                           bias_initializer="ones"),
+    ])
+    optimizer = track_gradient_norm(keras.optimizers.SGD(learning_rate))
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def _numpy_sgd_norms(weights, batches, learning_rate, epochs):
+    """Per epoch: the mean gradient norm (at the weights each step starts from) and
+    the parameter norm at the end; gradients written out by hand, in float64."""
+    embeddings, kernel, bias = (np.asarray(w, np.float64) for w in weights)
+    records = []
+    for _ in range(epochs):
+        norms = []
+        for ids, y in batches:
+            hidden = embeddings[ids].mean(1)  # (B, 3)
+            residual = 2 * (hidden @ kernel + bias - y) / len(ids)  # d loss / d pred
+            g_kernel = hidden.T @ residual
+            g_bias = residual.sum(0)
+            g_embeddings = np.zeros_like(embeddings)
+            for n, row in enumerate(ids):
+                for token in row:  # repeated ids add up
+                    g_embeddings[token] += residual[n, 0] * kernel[:, 0] / ids.shape[1]
+            grads = (g_embeddings, g_kernel, g_bias)
+            norms.append(np.sqrt(sum((g * g).sum() for g in grads)))
+            embeddings = embeddings - learning_rate * g_embeddings
+            kernel = kernel - learning_rate * g_kernel
+            bias = bias - learning_rate * g_bias
+        parameters = np.sqrt(sum((w * w).sum() for w in (embeddings, kernel, bias)))
+        records.append((np.mean(norms), parameters))
+    return records
+
+
+def test_norm_logger_matches_numpy_gradient_and_parameter_norms():
+    ids = np.array([[1, 1, 2, 4], [0, 3, 3, 3], [2, 2, 2, 1],
+                    [4, 4, 0, 1], [3, 3, 3, 3], [0, 1, 2, 4]], "int32")
+    y = np.array([[0.5], [-1.0], [2.0], [1.5], [0.0], [-0.5]], "float32")
+    model = _embedding_model(learning_rate=0.1)
+    model(ids[:1])
+    optimizer_variables = len(model.optimizer.variables)
+    assert track_gradient_norm(model.optimizer) is model.optimizer  # once is enough
+    assert len(model.optimizer.variables) == optimizer_variables
+    initial = [to_numpy(w) for w in model.trainable_weights]
+    history = model.fit(ids, y, batch_size=3, epochs=2, shuffle=False, verbose=0,
+                        callbacks=[NormLogger()]).history
+    expected = _numpy_sgd_norms(initial, [(ids[:3], y[:3]), (ids[3:], y[3:])], 0.1, 2)
+    np.testing.assert_allclose(history[GRADIENT_NORM], [e[0] for e in expected], rtol=1e-5)
+    np.testing.assert_allclose(history[PARAMETER_NORM], [e[1] for e in expected], rtol=1e-5)
+    final = np.sqrt(sum((to_numpy(w).astype(np.float64) ** 2).sum()
+                        for w in model.trainable_weights))
+    np.testing.assert_allclose(history[PARAMETER_NORM][-1], final, rtol=1e-6)
+    # Read and reset at every epoch end.
+    total, count = (v for v in model.optimizer.variables if "gradient_norm" in v.path)
+    assert float(to_numpy(total)) == 0 and float(to_numpy(count)) == 0
+
+
+def test_norm_logger_without_gradient_tracking_logs_the_parameter_norm():
+    model = _model()
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[NormLogger()]).history
+    assert GRADIENT_NORM not in history
+    weights = [to_numpy(w) for w in model.trainable_weights]
+    np.testing.assert_allclose(history[PARAMETER_NORM][0],
+                               np.sqrt(sum((w * w).sum() for w in weights)), rtol=1e-6)
