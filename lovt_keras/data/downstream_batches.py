@@ -1,10 +1,12 @@
 """The downstream batch pipeline: a ``keras.utils.PyDataset`` over a downstream dataset.
 
-LoVT spec section 5.1: no augmentation; the stored 224 px images are normalized with the
-TRAIN split's pixel mean and std (pixels in [0, 1]) of the dataset folder's
-``stats.json``; the encoder replicates them to 3 channels itself. Label fractions are the
-FIRST rows of a split (the official ``train_subset``, ``common.subset_fraction``), and so
-are validation fractions (RSNA validates on the first 10 % of its validation split).
+As in the official ``src/models/downstream/downstream_evaluation.py`` and
+``src/data/dataloading_utils.py`` (``apply_subset``): no augmentation; the stored 224 px
+images are normalized with the TRAIN split's pixel mean and std (pixels in [0, 1]) of the
+dataset folder's ``stats.json``; the encoder replicates them to 3 channels itself. Label
+fractions are the FIRST rows of a split (the official ``train_subset``,
+``common.subset_fraction``), and so are validation fractions (RSNA validates on the first
+10 % of its validation split).
 
 Works on every downstream dataset folder (``lovt_keras.data.downstream``) and on SynthCXR
 folders (``lovt_keras.data.synthcxr``); the latter have ``study_id`` instead of ``id`` and

@@ -1,4 +1,7 @@
-"""The ConVIRT image augmentation of LoVT pretraining (spec 4.2) and the evaluation transform.
+"""The ConVIRT image augmentation of LoVT pretraining and the evaluation transform.
+
+Official code: ``ScanAugmentationConfig`` and ``ScanDataTransform`` in
+``src/models/image/scan_transforms.py``.
 
 Plain callables on numpy arrays (Pillow for resampling, scipy for the blur): no Keras layer
 and no backend, so they run in data-loader threads/processes for every backend. Randomness

@@ -4,17 +4,19 @@ Everything here works on numpy arrays with pixels in ``[0, 1]``:
 
 - ``read_image`` / ``decode_image``: PNG, JPEG (any Pillow mode) and DICOM to a float32
   ``(H, W)`` grayscale array in ``[0, 1]``.
-- ``pad_to_square``, ``resize``, ``pad_and_resize``: the evaluation geometry (spec 4.2 and
-  5.1: pad to square, resize to 224), moving boxes ``(x, y, w, h)`` and masks along.
+- ``pad_to_square``, ``resize``, ``pad_and_resize``: the evaluation geometry (pad to
+  square, resize to 224: ``PadToSquare`` and ``Resize`` of the official
+  ``src/models/image/scan_transforms.py``), moving boxes ``(x, y, w, h)`` and masks along.
 - ``equalize_histogram``: numpy re-implementation of ``skimage.exposure.equalize_hist``
-  (applied to COVID Rural, SIIM, Object-CXR and NIH during dataset preparation, spec 5.3).
+  (applied to COVID Rural, SIIM, Object-CXR and NIH by the official dataset scripts under
+  ``src/data/datasets/``).
 - ``compute_mean_std`` / ``normalize``: the dataset pixel statistics (computed once when a
   dataset is prepared and stored with it) and the normalization that uses them.
 - ``to_uint8`` / ``from_uint8``: the 8-bit storage format of prepared images.
 
 Coordinates: pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``; a box
 ``(x, y, w, h)`` has its top-left corner at ``(x, y)`` in these continuous coordinates, as in
-the official CSVs (spec 5.3). Resizing maps continuous coordinates linearly
+the official split CSVs (under ``datasets/``). Resizing maps continuous coordinates linearly
 (``x' = x * W' / W``), which is the convention of Pillow's resize (pixel centres at
 ``col + 0.5``), so images, masks and boxes stay aligned.
 """

@@ -13,7 +13,8 @@ Uncompressed ``.csv`` files are accepted too. Output (see ``write_dataset``): on
 per frontal image, columns ``features(image_size)``, splits ``train`` / ``validation``
 (the official ``validate``) / ``test``, and ``stats.json``.
 
-What is kept, following the official LoVT builder (reference §4.1):
+What is kept, following the official LoVT builder
+(``src/data/datasets/mimic_cxr/mimic_cxr_dataset.py``):
 
 - the official split; images with ``ViewPosition`` PA or AP (frontal); every other
   value is skipped and counted by value, a blank one as "no view position";

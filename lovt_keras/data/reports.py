@@ -3,10 +3,10 @@
 LoVT pretrains on the FINDINGS and IMPRESSION sections of a report, split into
 sentences (findings sentences first, then impression sentences), and skips a
 report that has neither section, has no sentences, or has fewer than 3 tokens
-(reference §4.1). This module does that for MIMIC-CXR free-text reports
-(``parse_mimic_report``, ``extract_sections``) and for IU X-ray / Open-i XML
-(``parse_iu_xray_xml``); ``prepare_report`` is the one entry point that applies
-the skip rules and counts what it skipped in a ``SkipCounter``.
+(official ``src/data/datasets/mimic_cxr/mimic_cxr_dataset.py``). This module does that
+for MIMIC-CXR free-text reports (``parse_mimic_report``, ``extract_sections``) and for
+IU X-ray / Open-i XML (``parse_iu_xray_xml``); ``prepare_report`` is the one entry point
+that applies the skip rules and counts what it skipped in a ``SkipCounter``.
 
 Deviations from the official pipeline, all deliberate:
 - The official code splits sentences with the Stanza English tokenizer; here a
@@ -432,8 +432,8 @@ def prepare_report(
 
     A report is skipped (and counted in ``counter`` with ``source`` as example)
     when it has neither a findings nor an impression section, when those give no
-    sentence, or when they hold fewer than 3 tokens together (reference §4.1,
-    ``min_section_tokens: 3``).
+    sentence, or when they hold fewer than 3 tokens together (official
+    ``src/data/datasets/mimic_cxr/mimic_cxr_dataset.py``, ``min_section_tokens: 3``).
 
     Args:
         report: the full report text, or already parsed sections (e.g. the output

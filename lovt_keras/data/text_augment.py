@@ -1,4 +1,4 @@
-"""Sentence-level text augmentation of reports (reference §4.3).
+"""Sentence-level text augmentation of reports (official ``src/models/text/report_transforms.py``).
 
 - LoVT: ``random_sentence_swaps``; the number of swaps is geometric with success
   probability 0.4 counting failures (mean 1.5), each swap exchanges two

@@ -1,4 +1,4 @@
-"""Global aggregation of local features (LoVT spec sections 1.1 and 1.2)."""
+"""Global aggregation of local features (official ``src/models/components/aggregation.py``)."""
 
 import keras
 from keras import ops

@@ -1,4 +1,7 @@
-"""Symmetric cross-modal attention between regions and sentences (LoVT spec section 2)."""
+"""Symmetric cross-modal attention between regions and sentences.
+
+Official code: ``CrossAttention`` in ``src/models/components/attention.py``.
+"""
 
 import math
 

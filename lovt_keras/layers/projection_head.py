@@ -1,4 +1,8 @@
-"""Non-linear projection heads (LoVT spec section 1.3)."""
+"""Non-linear projection heads.
+
+Official code: ``MLP`` and ``SequenceMLP`` in ``src/models/components/fc.py``, used by
+``ModalityModel`` in ``src/models/pretraining/bimodal_alignment_model.py``.
+"""
 
 import keras
 from keras import ops

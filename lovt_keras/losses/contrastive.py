@@ -3,7 +3,7 @@
 These follow the official LoVT code (github philip-mueller/lovt,
 ``src/models/objectives/global_alignment.py: GlobalNceLoss`` and
 ``src/models/objectives/local_alignment.py: LocalIntraSampleContrastiveLoss``) with the
-LoVT configuration; see ``reference/lovt-method.md`` section 3:
+LoVT configuration (``configs/objective/*.yaml``, ``configs/experiment/LoVT_100.yaml``):
 
 - Global loss: InfoNCE over the mini-batch (``negatives_from_same_modality: false``), so
   the negatives of image k are only the other reports of the batch and vice versa. The

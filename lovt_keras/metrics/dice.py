@@ -1,6 +1,7 @@
 """Pooled Dice metric and the Dice loss of the LoVT segmentation tasks.
 
-Metric (reference/lovt-method.md section 5.1): the official code logs, per target class,
+Metric: the official code (``SegmentationEvaluator`` in
+``src/models/downstream/downstream_evaluation.py``) logs, per target class,
 torchmetrics ``F1(multiclass=False, average='micro')`` on sigmoid probabilities, i.e. a
 pixel is positive when ``prob >= threshold`` (0.5, inclusive) and the counts TP/FP/FN are
 pooled over ALL pixels of ALL test images before the ratio is taken::

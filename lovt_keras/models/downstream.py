@@ -1,9 +1,9 @@
 """Downstream task models (encoder + head), their training modes and helpers.
 
-LoVT spec section 5.1. A task is a ``keras.Model`` built from a
-:class:`~lovt_keras.models.image_encoder.ResNetImageEncoder` and a head; ``fit`` /
-``evaluate`` / ``predict`` work unchanged on TensorFlow, JAX and PyTorch because the
-loss lives in ``compute_loss``.
+Official code: ``src/models/downstream/downstream_evaluation.py``. A task is a
+``keras.Model`` built from a :class:`~lovt_keras.models.image_encoder.ResNetImageEncoder`
+and a head; ``fit`` / ``evaluate`` / ``predict`` work unchanged on TensorFlow, JAX and
+PyTorch because the loss lives in ``compute_loss``.
 
 Modes:
 

@@ -1,4 +1,8 @@
-"""ResNet image encoder exposing the stage outputs by name (LoVT spec section 1.1)."""
+"""ResNet image encoder exposing the stage outputs by name.
+
+Official code: ``src/models/image/scan_encoder.py`` and ``src/models/image/resnet.py``,
+config ``configs/scan_encoder/resnet50attention_imagenet.yaml``.
+"""
 
 from __future__ import annotations
 

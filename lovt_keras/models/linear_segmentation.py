@@ -1,11 +1,12 @@
-"""Linear segmentation head on frozen ResNet features (LoVT spec section 5.1).
+"""Linear segmentation head on frozen ResNet features.
 
 The official ``LinearSegmentation`` / ``SegmentationHead(nonlinear=False,
-dropout_prob=0, bn_before=False)`` applies one 1x1 convolution (a per-region linear
-classifier, ``Conv1d(d, C, 1)`` with bias) to the conv5 feature map and upsamples the
-``(7, 7, C)`` logits bilinearly to the 224x224 mask size (``F.interpolate(...,
-mode='bilinear', align_corners=False)``; ``keras.ops.image.resize`` with half-pixel
-centres and no antialiasing is the same operation).
+dropout_prob=0, bn_before=False)`` (``src/models/downstream/segmentation.py``) applies one
+1x1 convolution (a per-region linear classifier, ``Conv1d(d, C, 1)`` with bias) to the
+conv5 feature map and upsamples the ``(7, 7, C)`` logits bilinearly to the 224x224 mask
+size (``F.interpolate(..., mode='bilinear', align_corners=False)``;
+``keras.ops.image.resize`` with half-pixel centres and no antialiasing is the same
+operation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""BERT report encoder with sentence features (LoVT spec section 1.2)."""
+"""BERT report encoder with sentence features.
+
+Official code: ``src/models/text/report_encoder.py``, config
+``configs/report_encoder/bioclinicalbert_sentatt.yaml``.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""U-Net decoder on the ResNet stages (LoVT spec section 5.1).
+"""U-Net decoder on the ResNet stages.
 
-Follows the official ``ResUNetFeatureExtractor`` + ``UNetSegmentationForResNet``
-(itself based on kevinlu1211/pytorch-unet-resnet-50-encoder):
+Follows the official ``ResUNetFeatureExtractor`` (``src/models/image/resunet.py``) +
+``UNetSegmentationForResNet`` (``src/models/downstream/segmentation.py``), itself based
+on kevinlu1211/pytorch-unet-resnet-50-encoder:
 
 - bridge: two conv-BN-ReLU blocks (3x3, padding 1, conv with bias) at 2048 channels
   on conv5;

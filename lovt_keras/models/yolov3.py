@@ -1,6 +1,6 @@
 """YOLOv3 detection head on ResNet conv3-conv5, its loss, decoding and NMS.
 
-LoVT spec section 5.1; details from the official ``YOLOv3WithResNetBackbone`` and
+Follows the official ``YOLOv3WithResNetBackbone``, ``non_max_suppression`` and
 ``YOLOv3Loss`` (``src/models/downstream/detection.py``, adapted from
 BobLiu20/YOLOv3_PyTorch).
 

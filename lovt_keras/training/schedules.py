@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the LoVT recipe (spec section 4.4).
+"""Learning-rate schedules of the LoVT recipe (official ``configure_optimizers`` in
+``src/models/pretraining/bimodal_alignment_model.py``).
 
 Keras calls a schedule with the optimizer's raw iteration counter, which counts
 mini-batches, also under gradient accumulation: with ``gradient_accumulation_steps=A``

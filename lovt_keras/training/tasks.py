@@ -1,6 +1,6 @@
 """The evaluation tasks: the paper's 18 localized tasks and their SynthCXR counterparts.
 
-Paper tasks (spec section 5.2; values from the official ``configs/evaluation_model/*``
+Paper tasks (values from the official ``configs/evaluation_model/*``, ``configs/experiment/eval/*``
 and the lr grids of ``src/analysis/evaluation_job.py``), numbered as in the paper table.
 Their ``dataset`` is a placeholder key (``rsna``, ``covid_rural``, ``siim``,
 ``object_cxr``, ``nih``); :func:`paper_task` puts a prepared dataset folder in its place.

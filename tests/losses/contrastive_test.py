@@ -231,7 +231,8 @@ def test_spatial_weights_match_reference_and_invariants(grid, threshold, smooth)
 def test_spatial_weights_7x7_lovt_numbers():
     weights = spatial_positive_weights(7, 7)
     centre = weights[24].reshape(7, 7)
-    # The spec: adjacent regions have exp(-1/sqrt(98)) ~ 0.904 of the self weight.
+    # Official src/models/objectives/local_alignment.py (smooth_lambda 1, distances over the
+    # grid diagonal): adjacent regions have exp(-1/sqrt(98)) ~ 0.904 of the self weight.
     assert centre[3, 4] / centre[3, 3] == pytest.approx(math.exp(-1 / math.sqrt(98)), rel=1e-6)
     # Radius 0.5 * sqrt(98) ~ 4.95 cells covers the whole 7x7 grid from the centre.
     assert np.count_nonzero(centre) == 49

@@ -5,8 +5,8 @@ from lovt_keras.training import tasks as t
 
 def test_the_eighteen_paper_tasks_follow_the_spec_table():
     assert sorted(t.PAPER_TASKS) == list(range(1, 19))
-    # (dataset, head, frozen, fraction, lr grid, batch, epochs, metric) per spec 5.2 and
-    # the official configs/evaluation_model/*.yaml.
+    # (dataset, head, frozen, fraction, lr grid, batch, epochs, metric) per the official
+    # src/analysis/evaluation_job.py and configs/evaluation_model/*.yaml.
     expected = {
         1: (t.RSNA, "yolov3", False, 0.01, (3e-4, 1e-4), 8, 500, "mAP"),
         2: (t.RSNA, "yolov3", False, 0.1, (3e-4, 1e-3), 64, 100, "mAP"),

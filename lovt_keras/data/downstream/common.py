@@ -1,4 +1,4 @@
-"""Shared pieces of the downstream dataset converters (spec 5.3).
+"""Shared pieces of the downstream dataset converters (official ``src/data/datasets/``).
 
 - Annotation helpers: ``decode_rle`` (Kaggle SIIM relative, column-major RLE),
   ``boxes_to_mask`` (box-filled masks with the official rounding), ``check_boxes``

@@ -1,4 +1,6 @@
-"""COVID Rural opacity segmentation -> downstream dataset (spec 5.3, tasks 10-12).
+"""COVID Rural opacity segmentation -> downstream dataset (tasks 10-12).
+
+Official script: ``src/data/datasets/COVID_rural/covid_rural_dataset.py``.
 
 Original layout under ``root`` (github haimingt/opacity_segmentation_covid_chest_X_ray,
 folder ``covid_rural_annot``; ``root`` may also be its parent)::

@@ -1,4 +1,6 @@
-"""NIH ChestX-ray8 pathology boxes -> downstream dataset (spec 5.3, task 18).
+"""NIH ChestX-ray8 pathology boxes -> downstream dataset (task 18).
+
+Official script: ``src/data/datasets/nih_cxr/nih_cxr_dataset.py``.
 
 Original layout under ``root`` (nihcc.app.box.com/v/ChestXray-NIHCC)::
 

@@ -1,4 +1,6 @@
-"""Object-CXR (JF Healthcare, MIDL 2020) -> downstream dataset (spec 5.3, tasks 15-17).
+"""Object-CXR (JF Healthcare, MIDL 2020) -> downstream dataset (tasks 15-17).
+
+Official script: ``src/data/datasets/object_cxr/object_cxr_dataset.py``.
 
 Original layout under ``root`` (or ``root/input``, the official script's layout)::
 

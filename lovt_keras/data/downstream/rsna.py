@@ -1,4 +1,7 @@
-"""RSNA Pneumonia Detection (Kaggle stage 2 train) -> downstream dataset (spec 5.3, tasks 1-9).
+"""RSNA Pneumonia Detection (Kaggle stage 2 train) -> downstream dataset (tasks 1-9).
+
+Official script:
+``src/data/datasets/rsna_pneunomia_detection/rsna_pneunomia_detection_dataset.py``.
 
 Original layout under ``root``::
 

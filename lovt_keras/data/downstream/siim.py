@@ -1,4 +1,6 @@
-"""SIIM-ACR Pneumothorax -> downstream dataset (spec 5.3, tasks 13-14).
+"""SIIM-ACR Pneumothorax -> downstream dataset (tasks 13-14).
+
+Official script: ``src/data/datasets/siim_acr_pneumothorax/siim_acr_pneumothorax.py``.
 
 Original layout under ``root`` (Kaggle ``siim-acr-pneumothorax-segmentation``, mirror
 ``seesee/siim-train-test``)::
