@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main job: one study (two pretrainings, then their evaluation), resumable.
 demo: $(STAMP)
-	$(PY) -m tools.quickstart
+	$(PY) -m tools.run --gin experiments/quickstart.gin --output_dir runs/quickstart
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lovt_keras tools tests
@@ -30,7 +31,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b ==="; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 test-large: $(STAMP)

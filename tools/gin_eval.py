@@ -55,7 +55,8 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
         train_data: the tasks (``lovt.run.train_data = @lovt.paper_tasks``).
         val_data: unused (the tasks bring their splits); must be None.
         output_dir: run directory; results under ``<output_dir>/<method>/<task>/``, the
-            table as ``<output_dir>/<table_name>.csv`` and ``.md``.
+            table as ``<output_dir>/<table_name>.csv`` and ``.md``, the task summaries
+            as ``<table_name>.json``.
         verbose: progress lines per task when > 0.
         seeds: runs at the selected learning rate (5 in the paper).
         table_name: file stem of the table.
@@ -83,6 +84,13 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
     paths = None
     if output_dir is not None:
         paths = write_table(table, Path(output_dir) / table_name)
+        # Every task summary without its per-run details (those are in the task
+        # folders), for programs that read the results (e.g. lovt.study).
+        compact = [{k: v for k, v in r.items() if k not in ("runs", "task_config")}
+                   for r in results]
+        from lovt_keras.files import write_json
+
+        write_json(Path(output_dir) / f"{table_name}.json", compact)
     print(to_markdown(table), end="", file=sys.stdout, flush=True)
     return EvaluationResult(results, table, paths)
 

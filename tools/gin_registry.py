@@ -65,7 +65,8 @@ class RunSpec:
 def run(program=gin.REQUIRED, model=gin.REQUIRED, train_data=gin.REQUIRED,
         validation_data=None) -> RunSpec:
     """The root configurable: bind its parameters to unevaluated references
-    (``lovt.run.model = @lovt.LoVTPretrainer``, without parentheses)."""
+    (``lovt.run.model = @lovt.LoVTPretrainer``, without parentheses). A program that
+    builds nothing itself (``lovt.study``) takes ``model`` and ``train_data`` None."""
     return RunSpec(program, model, train_data, validation_data)
 
 
@@ -80,13 +81,16 @@ def pretraining_batches(path: str, tokenizer, split: str = "train", training: bo
                         batch_size: int = 32, image_size: int = 224,
                         text_augmentation: str | None = "random_swaps", seed: int = 0,
                         fraction: float | None = None, max_studies: int | None = None,
-                        workers: int = 2):
+                        workers: int = 2, image_augmentation: bool = True):
     """``PretrainingBatches`` of one split of a prepared dataset folder.
 
     ``fraction`` keeps the first share of the split's studies (the official 30 % subset:
     ``train/lovt.pretraining_batches.fraction = 0.3``) and ``max_studies`` caps their
     number (the tiny overlay), see ``lovt_keras.training.data.first_studies``.
+    ``image_augmentation=False`` replaces the ConVIRT image augmentation of training
+    batches by the evaluation transform (text augmentation stays).
     """
+    from lovt_keras.data.image_augment import EvalTransform
     from lovt_keras.data.pretraining_dataset import PretrainingBatches
     from lovt_keras.training.data import first_studies
 
@@ -97,6 +101,7 @@ def pretraining_batches(path: str, tokenizer, split: str = "train", training: bo
     return PretrainingBatches(
         dataset, tokenizer, stats, batch_size=batch_size, training=training,
         image_size=image_size, text_augmentation=text_augmentation, seed=seed, workers=workers,
+        augmentation=None if image_augmentation else EvalTransform(image_size),
     )
 
 
@@ -198,10 +203,11 @@ def _registrations() -> dict[str, Callable]:
         minilm_folder,
     )
     from lovt_keras.training.pretrain import pretrain
-    from tools import gin_eval
+    from tools import gin_eval, study
 
     return {
         **gin_eval.registrations(),  # lovt.evaluate and the evaluation tasks
+        "study": study.study,
         "run": run,
         "pretrain": pretrain,
         "LoVTPretrainer": LoVTPretrainer,

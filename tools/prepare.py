@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="dataset", metavar="NAME", required=True)
     for name in DATASETS:
-        try:
-            module = _module(name)
-        except ModuleNotFoundError:
-            continue  # converter not available in this version
+        module = _module(name)  # every converter ships; an import error must surface
         p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         module.add_arguments(p)
     return parser

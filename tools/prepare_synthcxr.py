@@ -23,6 +23,7 @@ import datasets
 
 from lovt_keras.data import synthcxr
 from lovt_keras.data.pretraining_dataset import SYNTHCXR_VOCAB_SIZE, synthcxr_tokenizer
+from lovt_keras.files import write_json
 
 DESCRIPTION = "Generate SynthCXR, the synthetic chest-X-ray dataset (images, reports, labels)."
 
@@ -96,9 +97,7 @@ def _complete_stats(folder: Path, dataset_dict: datasets.DatasetDict) -> dict:
     stats["source"] = f"SynthCXR generator v{synthcxr.GENERATOR_VERSION}"
     stats["counts"] = {split: len(ds) for split, ds in dataset_dict.items()}
     stats["skipped"] = {}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, path)
+    write_json(path, stats)
     return stats
 
 

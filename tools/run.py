@@ -6,9 +6,11 @@
 
 Later ``--gin`` files and then the ``--bind`` bindings override earlier values. The
 experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
-``lovt.pretrain``), a model and the data. ``--backend`` sets ``KERAS_BACKEND`` before
-Keras is imported. ``--dry_run`` builds the model and the data, runs one batch through
-the model, prints the summary and exits without writing anything; for the evaluation
+``lovt.pretrain``), a model and the data; or ``lovt.study``, which runs a sequence of
+pretrainings and their evaluation, each as a run of this program (see ``tools.study``).
+``--backend`` sets ``KERAS_BACKEND`` before Keras is imported. ``--dry_run`` builds the
+model and the data, runs one batch through the model, prints the summary and exits
+without writing anything (a study prints every command it would run); for the evaluation
 program (``lovt.evaluate``) it builds every encoder and every task's data and prints the
 encoders, each task's recipe and split sizes, or the dataset folders that are missing
 (exit code 2).
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.gin:
         parser.error("give at least one --gin FILE")
+    # TensorFlow's C++ start-up lines (CPU features, oneDNN, CUDA stubs) are noise here.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         _select_backend(args.backend)
         spec = configure(args.gin, args.bind)
@@ -276,7 +280,9 @@ _MACRO_REFERENCE = re.compile(r"%([A-Za-z_][\w.]*)")
 
 def _check_macros(files: list[str], bindings: list[str]) -> None:
     """Every ``%NAME`` must be defined somewhere (gin itself only checks this when the
-    config is finalized, which also demands unused ``%gin.REQUIRED`` values)."""
+    config is finalized, which also demands unused ``%gin.REQUIRED`` values), and a
+    ``--bind`` that sets a macro must set one that some file uses (a misspelled macro
+    would otherwise be accepted and change nothing)."""
     sources: list[tuple[str, list[str]]] = [
         (str(path), path.read_text().splitlines()) for path in gin_file_closure(files)
     ]
@@ -292,6 +298,17 @@ def _check_macros(files: list[str], bindings: list[str]) -> None:
             for name in _MACRO_REFERENCE.findall(code):
                 if name != "gin.REQUIRED":
                     references.append((origin, number, name))
+    referenced = {name for _, _, name in references}
+    for binding in bindings:
+        for line in binding.splitlines():
+            match = _MACRO_DEFINITION.match(_STRING.sub("''", line.split("#", 1)[0]))
+            if match and match.group(1) not in referenced:
+                name = match.group(1)
+                known = sorted(referenced | defined - {name})
+                raise ConfigError(
+                    f"--bind {binding!r}: no loaded gin file uses the macro {name}, so this "
+                    f"binding would change nothing{_did_you_mean(name, known, quote='')}"
+                )
     for origin, number, name in references:
         if name not in defined:
             where = origin if origin.startswith("--bind") else f"{origin}:{number}"
@@ -448,9 +465,9 @@ def _write_run_files(output_dir: Path, argv: list[str], resuming: bool) -> None:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from lovt_keras.files import write_json
+
+    write_json(path, value, default=str)
 
 
 def _write_operative_config(output_dir: Path) -> None:
@@ -482,7 +499,7 @@ def _build_data(spec):
     from tools.gin_registry import MissingValueError
 
     try:
-        train_data = spec.train_data()
+        train_data = spec.train_data() if spec.train_data is not None else None
         val_data = spec.validation_data() if spec.validation_data is not None else None
     except (MissingValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from None
@@ -504,6 +521,11 @@ def _dry_run(spec, args) -> int:
 
     from lovt_keras.training.pretrain import check_batch_fits_model
 
+    if _is_study(spec):
+        output_dir = args.output_dir or Path(RUNS_DIR) / Path(args.gin[-1]).stem
+        spec.program(model=None, train_data=None, val_data=None, output_dir=output_dir,
+                     verbose=1, dry_run=True)
+        return 0
     train_data, val_data = _build_data(spec)  # first: missing data is the likelier error
     if _is_evaluation(train_data):
         _dry_run_evaluation(spec, train_data, val_data)
@@ -526,6 +548,11 @@ def _dry_run(spec, args) -> int:
     print("run_info:", json.dumps(run_info(), default=str))
     print("dry run OK: nothing written")
     return 0
+
+
+def _is_study(spec) -> bool:
+    """A program that builds no model and no data itself but runs others (``lovt.study``)."""
+    return spec.model is None and spec.train_data is None
 
 
 def _is_evaluation(train_data) -> bool:

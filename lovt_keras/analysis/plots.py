@@ -45,7 +45,15 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    return save_figure(fig, axes, len(keys), path)
+
+
+def save_figure(fig, axes, used: int, path: str | os.PathLike) -> Path:
+    """Hides the unused panels (those after the first ``used`` of ``axes``), writes the
+    figure as a PNG (creating its folder), closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)

@@ -1,10 +1,10 @@
 """Result tables laid out like the paper's: methods as rows, tasks as columns.
 
-A cell is ``"mean ± ci"`` in percent with one decimal (the paper's "46.0±0.1" style,
-spec section 6), the CI being the half-width of :func:`lovt_keras.training.evaluation.
-confidence_interval`. Columns follow the paper's task numbers where tasks have one, then
-the order in which the other tasks first appear; rows follow the order in which the
-methods first appear.
+A cell is ``"mean ± ci"`` in percent with one decimal (the paper's "46.0±0.1" style, see
+the official ``results/generated/results_table_rsna.png``), the CI being the half-width
+of :func:`lovt_keras.training.evaluation.confidence_interval`. Columns follow the paper's
+task numbers where tasks have one, then the order in which the other tasks first appear;
+rows follow the order in which the methods first appear.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def results_table(
     Args:
         results: dicts with ``method``, ``task`` (or ``label``, the column header),
             ``mean``, ``ci95`` and optionally ``number`` (paper task number, orders the
-            columns), e.g. from ``evaluate_encoders``.
+            columns) and ``failed_seeds`` (runs that learned nothing, shown as
+            ``[k/n failed]`` after the cell, n = ``num_runs`` or the number of ``test``
+            values), e.g. from ``evaluate_encoders``.
         scale: factor of the values (100: fractions to percent).
         decimals: digits after the point.
         methods: row order (default: order of first appearance).
@@ -68,7 +70,12 @@ def results_table(
         method, column = str(result["method"]), _column(result)
         if (method, column) in cells:
             raise ValueError(f"two results for method {method!r} and task {column!r}")
-        cells[(method, column)] = format_cell(result["mean"], result.get("ci95"), scale, decimals)
+        cell = format_cell(result["mean"], result.get("ci95"), scale, decimals)
+        failed = result.get("failed_seeds") or []
+        if failed:
+            runs = result.get("num_runs") or len(result.get("test") or failed)
+            cell += f" [{len(failed)}/{runs} failed]"
+        cells[(method, column)] = cell
         if method not in seen_methods:
             seen_methods.append(method)
         if column not in order:

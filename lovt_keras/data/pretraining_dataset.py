@@ -2,16 +2,17 @@
 
 A prepared pretraining dataset (MIMIC-CXR, IU X-ray, SynthCXR; see the data conventions)
 has one row per image; rows of the same study share ``study_id`` and the report. LoVT
-trains on studies (reference §4.1): one sample is one study, and each time it is loaded
-one of its frontal images is chosen uniformly at random. ``PretrainingBatches`` does this
-and yields the dicts that ``LoVTPretrainer`` takes (keys of ``lovt_keras.keys``):
+trains on studies (official ``src/data/datasets/mimic_cxr/mimic_cxr_dataset.py``): one
+sample is one study, and each time it is loaded one of its frontal images is chosen
+uniformly at random. ``PretrainingBatches`` does this and yields the dicts that
+``LoVTPretrainer`` takes (keys of ``lovt_keras.keys``):
 
-- ``images`` float32 ``(B, H, W, 1)``: the chosen image, ConVIRT-augmented (§4.2) when
-  training or padded and resized when evaluating, normalized with the train split's
-  pixel mean and std;
+- ``images`` float32 ``(B, H, W, 1)``: the chosen image, ConVIRT-augmented (official
+  ``src/models/image/scan_transforms.py``) when training or padded and resized when
+  evaluating, normalized with the train split's pixel mean and std;
 - ``token_ids``, ``padding_mask``, ``sentence_ids`` ``(B, T)`` and ``sentence_mask``
-  ``(B, S)``: the report's sentences after the text augmentation (§4.3), encoded by a
-  ``ReportTokenizer``.
+  ``(B, S)``: the report's sentences after the text augmentation (official
+  ``src/models/text/report_transforms.py``), encoded by a ``ReportTokenizer``.
 
 Determinism: batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``. The study
 order of an epoch is ``default_rng((seed, e)).permutation``, the image of study ``s``
@@ -30,9 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
-import uuid
 from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
@@ -47,6 +46,7 @@ from lovt_keras.data.epochs import EpochTracking
 from lovt_keras.data.image_augment import ConvirtAugmentation, EvalTransform
 from lovt_keras.data.text_augment import RANDOM_SENTENCE, RANDOM_SWAPS, augment_sentences
 from lovt_keras.data.tokenization import ReportTokenizer
+from lovt_keras.files import write_atomically
 
 __all__ = [
     "PretrainingBatches",
@@ -67,6 +67,8 @@ _AUGMENT_STREAM = 1
 _CHOICE_STREAM = 2
 
 SYNTHCXR_VOCAB_SIZE = 2000
+# The cached vocabulary of a SynthCXR folder ("v2": the deterministic trainer).
+SYNTHCXR_VOCAB_FILE = "vocab-v2.txt"
 
 
 def load_pretraining_dataset(path: str | PathLike) -> tuple[datasets.DatasetDict, dict]:
@@ -86,7 +88,9 @@ def load_pretraining_dataset(path: str | PathLike) -> tuple[datasets.DatasetDict
         ValueError: the stats or the columns are not usable (naming the file or split).
     """
     folder = Path(path).expanduser()
-    hint = "prepare it with `python -m tools.prepare NAME --output_dir ...`"
+    hint = (f"prepare it with `python -m tools.prepare mimic-cxr ROOT {folder}` (or "
+            f"`iu-xray REPORTS_DIR IMAGES_DIR {folder}`, `synthcxr --output_dir {folder}`; "
+            "`python -m tools.prepare NAME --help` lists the arguments)")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such dataset folder ({hint})")
     if not (folder / DATASET_DICT_FILE).is_file():
@@ -437,9 +441,11 @@ def synthcxr_tokenizer(
 ) -> ReportTokenizer:
     """SynthCXR's default tokenizer: WordPiece trained on the train split's sentences.
 
-    The vocabulary is cached in the dataset folder (``vocab.txt``, or
-    ``vocab-<vocab_size>.txt`` for a non-default size) and reused next time, so every
-    run on the same folder gets the same token ids. A dataset held in memory (no
+    The vocabulary is cached in the dataset folder (``vocab-v2.txt``, or
+    ``vocab-v2-<vocab_size>.txt`` for a non-default size) and reused next time; it is a
+    deterministic function of the train split (``ReportTokenizer.train``), so every run,
+    on this machine or another, gets the same token ids. (``v2``: vocabularies of the
+    earlier, non-deterministic trainer were cached as ``vocab.txt`` and are ignored.) A dataset held in memory (no
     folder) gets a freshly trained, uncached vocabulary.
 
     Args:
@@ -456,7 +462,8 @@ def synthcxr_tokenizer(
     if "train" not in dataset_dict:
         raise ValueError(f"no 'train' split to train the vocabulary on (has {list(dataset_dict)})")
     folder = _dataset_folder(dataset_dict)
-    name = "vocab.txt" if vocab_size == SYNTHCXR_VOCAB_SIZE else f"vocab-{int(vocab_size)}.txt"
+    name = (SYNTHCXR_VOCAB_FILE if vocab_size == SYNTHCXR_VOCAB_SIZE
+            else SYNTHCXR_VOCAB_FILE.replace(".txt", f"-{int(vocab_size)}.txt"))
     if folder is not None and (folder / name).is_file():
         return ReportTokenizer(
             str(folder / name), max_tokens=max_tokens, max_sentences=max_sentences
@@ -472,10 +479,7 @@ def synthcxr_tokenizer(
         corpus(), vocab_size=int(vocab_size), max_tokens=max_tokens, max_sentences=max_sentences
     )
     if folder is not None:
-        # Written to a temporary name and renamed, so a concurrent reader never sees
-        # half a vocabulary.
-        tmp = folder / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tokenizer.save_vocabulary(tmp)
-        os.replace(tmp, folder / name)
+        # Atomically, so a concurrent reader never sees half a vocabulary.
+        write_atomically(folder / name, "\n".join(tokenizer.vocabulary) + "\n")
     return tokenizer
 

@@ -1,6 +1,7 @@
 """The localized-evaluation protocol: one task run, lr search + seeds, many encoders.
 
-LoVT spec section 5.1:
+Official code: ``src/models/downstream/downstream_evaluation.py`` (a run),
+``src/analysis/evaluation_job.py`` (lr search and runs), ``src/analysis/data_exporter.py`` (CI):
 
 - one run (:func:`run_task`): the pretrained ResNet with a head (linear, U-Net or
   YOLOv3), frozen or fine-tuned (frozen warm-up of ``warmup_steps`` steps at lr 1e-3
@@ -46,6 +47,7 @@ from lovt_keras.data.downstream_batches import (
     DownstreamBatches,
     downstream_splits,
 )
+from lovt_keras.files import json_default, write_json
 from lovt_keras.models.downstream import (
     DetectionMetricsCallback,
     DetectionTask,
@@ -389,23 +391,6 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
 def _floats(logs: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(keras.ops.convert_to_numpy(v))) for k, v in logs.items()}
 
@@ -478,8 +463,8 @@ def run_task(
     result["seconds"] = time.perf_counter() - start
     if run_dir is not None:
         history = result.pop("history")
-        _write_json(run_dir / "history.json", history)
-        _write_json(run_dir / RESULT_FILE, result)
+        write_json(run_dir / "history.json", history)
+        write_json(run_dir / RESULT_FILE, result)
     else:
         result.pop("history")
     return result
@@ -618,9 +603,20 @@ def select_learning_rate(validation: Mapping[float, float]) -> float:
     return next(iter(validation)) if best_lr is None else best_lr
 
 
+def failed_run(result: Mapping[str, Any]) -> bool:
+    """A run that learned nothing: its best validation metric or its test metric is 0
+    (or not finite), e.g. a segmentation probe that ends at an empty mask.
+
+    Such runs stay in the mean (dropping them would flatter the method) and are counted
+    in the summary's ``failed_seeds``, which the results table shows next to the cell.
+    """
+    values = (result.get("val_metric"), result.get("test_metric"))
+    return any(v is None or not math.isfinite(v) or v <= 0 for v in values)
+
+
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """A task config as JSON would store it, without naming fields and None options."""
-    config = json.loads(json.dumps(dict(config), default=_json_default))
+    config = json.loads(json.dumps(dict(config), default=json_default))
     out = {}
     for key, value in config.items():
         if key in NAMING_FIELDS:
@@ -700,8 +696,9 @@ def evaluate_task(
     Returns:
         dict with ``task``, ``label``, ``number``, ``metric``, ``learning_rate`` (chosen),
         ``lr_search`` (``{lr: best validation metric}``), ``seeds``, ``test`` and ``val``
-        (per-seed values), ``mean`` and ``ci95`` (of ``test``), ``val_mean``, ``runs``
-        (the run results) and ``seconds``.
+        (per-seed values), ``mean`` and ``ci95`` (of ``test``), ``val_mean``,
+        ``failed_seeds`` (seeds of runs that learned nothing, see :func:`failed_run`),
+        ``runs`` (the run results) and ``seconds``.
     """
     out = None if output_dir is None else Path(output_dir)
     done = None if out is None else _read_json(out / SUMMARY_FILE)
@@ -736,6 +733,7 @@ def evaluate_task(
     test_values = [r["test_metric"] for r in runs]
     val_values = [r["val_metric"] for r in runs]
     mean, ci = confidence_interval(test_values)
+    failed = [r["seed"] for r in runs if failed_run(r)]
     summary = {
         "task": task.name,
         "label": task.column,
@@ -749,13 +747,14 @@ def evaluate_task(
         "mean": mean,
         "ci95": ci,
         "val_mean": float(np.mean(val_values)),
+        "failed_seeds": failed,
         "encoder": getattr(encoder_factory, "description", repr(encoder_factory)),
         "task_config": task.to_dict(),
         "runs": runs,
         "seconds": time.perf_counter() - start,
     }
     if out is not None:
-        _write_json(out / SUMMARY_FILE, summary)
+        write_json(out / SUMMARY_FILE, summary)
     return summary
 
 

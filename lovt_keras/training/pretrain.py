@@ -1,6 +1,7 @@
 """``pretrain``: image-report pretraining with the official recipe, resumable at any step.
 
-The official recipe (spec section 4.4) is the default: AdamW (lr 1e-4, weight decay
+The official recipe (``configs/experiment/LoVT_100.yaml``, ``configs/base_config.yaml``,
+``configs/callback/early_stopping.yaml``) is the default: AdamW (lr 1e-4, weight decay
 1e-6), mini-batches of 32 with 16-step gradient accumulation, the ``cosine per epoch``
 schedule, early stopping on the validation loss (patience 10, min_delta 1e-5), the best
 checkpoint exported, seed 12345.
@@ -35,7 +36,6 @@ Deviations from the official training loop, all documented where they apply:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -46,12 +46,16 @@ import keras
 import numpy as np
 
 from lovt_keras import keys
+from lovt_keras.files import write_json
 from lovt_keras.training.callbacks import (
     BestAndEarlyStopping,
     MetricsLogger,
+    NormLogger,
     ReduceLROnPlateau,
     SetDataEpoch,
+    StopOnNonFiniteLoss,
     read_metrics,
+    track_gradient_norm,
     truncate_metrics,
 )
 from lovt_keras.training.checkpoints import (
@@ -70,6 +74,7 @@ from lovt_keras.training.tensorboard import TensorBoardLogger
 
 SCHEDULES = ("cosine_per_epoch", "cosine_warmup", "plateau", "constant")
 OPTIMIZERS = ("adamw", "adam")
+EXPORT_CHECKPOINTS = ("best", "last")
 MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
 CHECKPOINT_DIR = "checkpoints"
@@ -87,7 +92,8 @@ class PretrainResult:
 
     Attributes:
         output_dir: the run directory.
-        model: the trained model, holding the weights of the best checkpoint.
+        model: the trained model, holding the weights of the best checkpoint (or the
+            last, see ``export_checkpoint``).
         state: the final ``TrainingState`` (epochs, best epoch and value, ...).
         history: the per-epoch records of ``metrics.jsonl`` (all epochs of the run,
             also those trained before a restart).
@@ -128,6 +134,7 @@ def pretrain(
     jit_compile: bool | str = "auto",
     tensorboard: bool = True,
     export: bool = True,
+    export_checkpoint: str = "best",
     verbose: int = 1,
     stream: TextIO | None = None,
 ) -> PretrainResult:
@@ -167,10 +174,15 @@ def pretrain(
         seed: seeds Python, NumPy and the backend before the model is built.
         jit_compile: passed to ``compile``.
         tensorboard: write TensorBoard logs to ``output_dir/tensorboard``.
-        export: write ``image_encoder.keras`` and ``report_encoder.keras`` from the best
-            checkpoint at the end (models with ``image_encoder`` and ``report_encoder``
-            attributes, such as ``LoVTPretrainer``; their batches are also checked
-            against the encoders with ``check_batch_fits_model``).
+        export: write ``image_encoder.keras`` and ``report_encoder.keras`` at the end
+            (models with ``image_encoder`` and ``report_encoder`` attributes, such as
+            ``LoVTPretrainer``; their batches are also checked against the encoders
+            with ``check_batch_fits_model``).
+        export_checkpoint: which weights the returned model holds and the exported
+            encoders get: ``"best"`` (the epoch with the best monitored loss, the
+            official recipe with early stopping) or ``"last"`` (the final weights: for a
+            fixed step budget, where a noisy or small validation split could pick an
+            undertrained early epoch).
         verbose: 0 silent, 1 one summary line per epoch, 2 also a progress bar.
         stream: where summary lines go (default ``sys.stdout``).
 
@@ -185,6 +197,9 @@ def pretrain(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+    if export_checkpoint not in EXPORT_CHECKPOINTS:
+        raise ValueError(
+            f"export_checkpoint={export_checkpoint!r} is not one of {EXPORT_CHECKPOINTS}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
     if epochs < 1:
@@ -226,6 +241,9 @@ def pretrain(
     else:
         keras_optimizer = keras.optimizers.Adam(weight_decay=weight_decay or None,
                                                 **optimizer_kwargs)
+    # Before compile and resume: its two variables are part of the optimizer state that
+    # checkpoints save (logged as gradient_norm per epoch, see callbacks.NormLogger).
+    track_gradient_norm(keras_optimizer)
     model.compile(optimizer=keras_optimizer, jit_compile=jit_compile)
     model.optimizer.build(model.trainable_variables)
     _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
@@ -267,7 +285,11 @@ def pretrain(
         resume_metrics=resume_metrics if state.step_in_epoch else None,
         resume_rng=resume_rng,
     )
-    callbacks: list[keras.callbacks.Callback] = [SetDataEpoch(train_data)]
+    callbacks: list[keras.callbacks.Callback] = [
+        StopOnNonFiniteLoss(resume_offset=state.step_in_epoch),  # first: before any saving
+        NormLogger(),  # before the loggers, which write the norms it adds
+        SetDataEpoch(train_data),
+    ]
     if schedule == "plateau":
         callbacks.append(ReduceLROnPlateau(state, monitor, plateau_factor, plateau_patience))
     callbacks.append(BestAndEarlyStopping(state, monitor, early_stopping_patience,
@@ -294,7 +316,7 @@ def pretrain(
         save_checkpoint(last_path, model, state, metrics=False)
 
     best_path = checkpoint_dir / BEST
-    if best_path.is_file():
+    if export_checkpoint == "best" and best_path.is_file():
         load_checkpoint(best_path, model, optimizer=False, restore_rng=False)
     result = PretrainResult(output_dir=output_dir, model=model, state=state,
                             history=read_metrics(metrics_path), resumed_from=resumed_from)
@@ -308,7 +330,9 @@ def pretrain(
             if state.best_epoch is not None else "no best epoch"
         )
         end = "stopped early" if state.stopped_early else f"{state.epoch} epochs"
-        print(f"done: {end}, {best}; outputs in {output_dir}", file=stream, flush=True)
+        weights = "final" if export_checkpoint == "last" else "best"
+        print(f"done: {end}, {best}; {weights} weights kept; outputs in {output_dir}",
+              file=stream, flush=True)
     return result
 
 
@@ -432,7 +456,7 @@ def _write_data_info(output_dir: Path, train_data, batches_per_epoch: int,
             "lowercase": tokenizer.lowercase,
             "vocabulary": VOCABULARY_FILE,
         }
-    (output_dir / DATA_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(output_dir / DATA_INFO_FILE, info)
 
 
 def _save_atomically(model: keras.Model, path: Path) -> Path:

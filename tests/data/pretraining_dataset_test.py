@@ -8,6 +8,7 @@ import pytest
 
 from lovt_keras import keys
 from lovt_keras.data.pretraining_dataset import (
+    SYNTHCXR_VOCAB_FILE,
     PretrainingBatches,
     load_pretraining_dataset,
     synthcxr_tokenizer,
@@ -307,7 +308,7 @@ def tiny_synthcxr(tmp_path_factory):
 def test_synthcxr_tokenizer_is_cached_in_the_folder(tiny_synthcxr):
     tokenizer = synthcxr_tokenizer(tiny_synthcxr, max_tokens=64, max_sentences=16)
     # The folder holds the split folders, which hold the Arrow files.
-    vocab = Path(tiny_synthcxr["train"].cache_files[0]["filename"]).parent.parent / "vocab.txt"
+    vocab = Path(tiny_synthcxr["train"].cache_files[0]["filename"]).parent.parent / SYNTHCXR_VOCAB_FILE
     assert vocab.is_file()
     assert vocab.read_text().split("\n")[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     again = synthcxr_tokenizer(tiny_synthcxr, max_tokens=64, max_sentences=16)

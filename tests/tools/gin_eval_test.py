@@ -30,8 +30,9 @@ def test_one_file_per_paper_task_and_per_synthetic_task():
     names = {Path(f).stem for f in EVAL_FILES}
     assert {f"task{n:02d}_{task.name}" for n, task in PAPER_TASKS.items()} <= names
     assert set(SYNTH_TASKS) <= names
-    assert {"all_paper", "all_synth", "quickstart_synth"} <= names
-    assert len(names) == 18 + len(SYNTH_TASKS) + 3
+    assert {"all_paper", "all_synth", "quickstart_synth", "quickstart",
+            "ablations_synthcxr"} <= names
+    assert len(names) == 18 + len(SYNTH_TASKS) + 5
 
 
 @pytest.mark.parametrize("path", EVAL_FILES)
@@ -62,6 +63,19 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
         assert recipes["synth_foreign_object_yolov3_frozen"] == ((1e-3,), 30)
         assert recipes["synth_pneumothorax_unet_frozen"] == ((1e-3,), 8)
         assert spec.model()["Random"].width == 16
+    elif stem in ("quickstart", "ablations_synthcxr"):  # the studies' evaluations
+        linear = ["synth_opacity_linear_100", "synth_foreign_object_linear"]
+        assert [t.name for t in tasks][:2] == linear
+        for task in tasks:
+            assert task.dataset_options["num_train"] == 300 and task.dataset_options["seed"] == 1
+            if task.name in linear:
+                assert task.lr_grid == (0.03, 0.1, 0.3) and task.max_epochs == 30
+        if stem == "ablations_synthcxr":
+            assert [t.head for t in tasks] == ["linear", "linear", "unet", "yolov3"]
+        assert gin_eval.configured_seeds() == (5 if stem == "quickstart" else 3)
+        encoders = spec.model()
+        assert list(encoders) == ["Random init"] and encoders["Random init"].width == 16
+        return
     elif stem.startswith("task"):
         number = int(stem[4:6])
         assert len(tasks) == 1 and tasks[0] == PAPER_TASKS[number].__class__(

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from lovt_keras.data.pretraining_dataset import load_pretraining_dataset
+from lovt_keras.data.pretraining_dataset import SYNTHCXR_VOCAB_FILE, load_pretraining_dataset
 from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
 from tools import prepare
 
@@ -26,7 +26,7 @@ def test_prepare_synthcxr_writes_a_loadable_folder_and_refuses_to_overwrite(tmp_
     assert pixels.shape == (8, 64, 64)
     np.testing.assert_allclose([stats["mean"], stats["std"]], [pixels.mean(), pixels.std()],
                                rtol=1e-9)
-    vocabulary = (out / "vocab.txt").read_text().split("\n")
+    vocabulary = (out / SYNTHCXR_VOCAB_FILE).read_text().split("\n")
     assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     # Only the output folder is left in the parent: the scratch folder is gone.
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]

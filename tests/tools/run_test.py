@@ -224,3 +224,37 @@ def test_dry_run_of_the_evaluation_names_missing_dataset_folders(tmp_path, capsy
         "downstream dataset folder (the rsna folder of task 9: prepare it with `python -m "
         "tools.prepare rsna` and bind RSNA_DATA)\n")
     assert not out.exists()
+
+
+def test_the_same_command_twice_gives_identical_runs(tmp_path):
+    # Everything that decides a run is seeded: SynthCXR and its vocabulary (generated
+    # afresh in two caches), the initialization, the data order with two loader threads,
+    # the augmentations and dropout. The two runs must agree bit for bit.
+    histories, weights = [], []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        argv = ["--gin", EXPERIMENT, "--gin", TINY,
+                "--bind", f"lovt.synthcxr_folder.cache_dir = '{tmp_path / f'cache{k}'}'",
+                "--bind", "lovt.pretraining_batches.workers = 2",
+                "--bind", "lovt.pretrain.tensorboard = False",
+                "--output_dir", str(out)]
+        assert run.main(argv) == 0
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in records])
+        encoder = keras.saving.load_model(out / "image_encoder.keras", compile=False)
+        weights.append(encoder.get_weights())
+    assert (tmp_path / "cache0").is_dir() and (tmp_path / "cache1").is_dir()
+    assert len(histories[0]) == 2 and histories[0] == histories[1]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_bound_macro_that_no_file_uses_is_refused(capsys):
+    code = run.main(["--gin", EXPERIMENT, "--bind", "IMAGE_SIZ = 32", "--dry_run"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--bind 'IMAGE_SIZ = 32': no loaded gin file uses the macro IMAGE_SIZ" in err
+    assert "did you mean IMAGE_SIZE?" in err
+    # A macro that a file uses is accepted.
+    spec = run.configure([EXPERIMENT, TINY], ["IMAGE_SIZE = 32"])
+    assert run.build_model(spec).image_encoder.image_size == 32

@@ -116,6 +116,23 @@ def test_a_single_rate_needs_no_search():
     assert summary["seeds"] == [4, 5]
 
 
+def test_runs_that_learned_nothing_are_counted_not_dropped():
+    assert ev.failed_run({"val_metric": 0.0, "test_metric": 0.2})
+    assert ev.failed_run({"val_metric": 0.3, "test_metric": 0.0})
+    assert ev.failed_run({"val_metric": float("nan"), "test_metric": 0.2})
+    assert not ev.failed_run({"val_metric": 1e-4, "test_metric": 1e-4})
+    fake = FakeRun({1e-3: 0.0})
+    summary = ev.evaluate_task(_task(lr_grid=(1e-3,)), ev.random_init(18), seeds=[0, 1, 2],
+                               run=fake)
+    assert summary["failed_seeds"] == [0, 1, 2]  # every run's validation value is 0
+    # They stay in the mean: (0.001 + 0.101 + 0.201) / 3.
+    assert summary["mean"] == pytest.approx(0.101)
+    from lovt_keras.analysis.results_table import results_table
+
+    table = results_table([dict(summary, method="M")])
+    assert table.iloc[0, 0].endswith(" [3/3 failed]")
+
+
 def test_evaluate_encoders_runs_every_pair_and_makes_the_table(tmp_path):
     from lovt_keras.analysis.results_table import results_table
 
