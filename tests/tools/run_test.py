@@ -73,7 +73,7 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path, synthcxr_bindings, ca
     # The exported encoders load without gin and hold the best checkpoint's weights.
     image_encoder = keras.saving.load_model(out / "image_encoder.keras", compile=False)
     features = image_encoder(np.zeros((1, 64, 64, 1), "float32"))
-    assert tuple(features["conv5"].shape) == (1, 2, 2, 512)
+    assert tuple(features["conv5"].shape) == (1, 2, 2, 64)  # the tiny overlay: width 8
     best = np.load(out / "checkpoints" / "best.npz")
     meta = json.loads(bytes(best["__meta__"]).decode())
     paths = [v["path"] for v in meta["groups"]["model"]]
