@@ -14,19 +14,16 @@ a ``MissingValueError`` naming the parameter (gin only checks that when the conf
 finalized, which would also demand values that a configuration never uses, such as the
 BERT folder of an experiment run with the tiny overlay).
 
-The evaluation names (``lovt.evaluate``, ``lovt.eval_encoders``, ``lovt.paper_tasks``,
-``lovt.synth_tasks``) come from ``tools.gin_eval``. The registry also defines the wiring
-functions the pretraining gin files need that are not library API: ``lovt.run`` (the root: program, model and data, kept unevaluated so a model can be
-built without its data), ``lovt.pretraining_batches``, ``lovt.tokenizer_from_folder``,
-``lovt.trained_tokenizer``, ``lovt.synthcxr_folder`` and ``lovt.resnet_image_encoder``.
+Every target is library code (``lovt_keras``); this module only registers it, and
+defines the root ``lovt.run`` (program, model and data, kept unevaluated so that a model
+can be built without its data) and :func:`bound_value`, which reads a parameter as the
+parsed files bind it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -70,70 +67,6 @@ def run(program=gin.REQUIRED, model=gin.REQUIRED, train_data=gin.REQUIRED,
     return RunSpec(program, model, train_data, validation_data)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_pretraining_dataset(path: str):
-    from lovt_keras.data.pretraining_dataset import load_pretraining_dataset
-
-    return load_pretraining_dataset(path)
-
-
-def pretraining_batches(path: str, tokenizer, split: str = "train", training: bool = True,
-                        batch_size: int = 32, image_size: int = 224,
-                        text_augmentation: str | None = "random_swaps", seed: int = 0,
-                        fraction: float | None = None, max_studies: int | None = None,
-                        workers: int = 2, image_augmentation: bool = True):
-    """``PretrainingBatches`` of one split of a prepared dataset folder.
-
-    ``fraction`` keeps the first share of the split's studies (the official 30 % subset:
-    ``train/lovt.pretraining_batches.fraction = 0.3``) and ``max_studies`` caps their
-    number (the tiny overlay), see ``lovt_keras.training.data.first_studies``.
-    ``image_augmentation=False`` replaces the ConVIRT image augmentation of training
-    batches by the evaluation transform (text augmentation stays).
-    """
-    from lovt_keras.data.image_augment import EvalTransform
-    from lovt_keras.data.pretraining_dataset import PretrainingBatches
-    from lovt_keras.training.data import first_studies
-
-    dataset_dict, stats = _load_pretraining_dataset(os.fspath(path))
-    if split not in dataset_dict:
-        raise ValueError(f"{path}: no split {split!r} (has {sorted(dataset_dict)})")
-    dataset = first_studies(dataset_dict[split], fraction=fraction, max_studies=max_studies)
-    return PretrainingBatches(
-        dataset, tokenizer, stats, batch_size=batch_size, training=training,
-        image_size=image_size, text_augmentation=text_augmentation, seed=seed, workers=workers,
-        augmentation=None if image_augmentation else EvalTransform(image_size),
-    )
-
-
-def tokenizer_from_folder(folder: str, max_tokens: int = 512, max_sentences: int = 32):
-    """The ``ReportTokenizer`` of a BERT model folder (its ``vocab.txt``)."""
-    from lovt_keras.data.tokenization import ReportTokenizer
-
-    return ReportTokenizer.from_model_folder(folder, max_tokens=max_tokens,
-                                             max_sentences=max_sentences)
-
-
-def trained_tokenizer(path: str, vocab_size: int = 2000, max_tokens: int = 128,
-                      max_sentences: int = 16):
-    """A WordPiece tokenizer trained on the train split of a prepared dataset folder
-    (cached in the folder; for randomly initialized report encoders)."""
-    from lovt_keras.data.pretraining_dataset import synthcxr_tokenizer
-
-    dataset_dict, _ = _load_pretraining_dataset(os.fspath(path))
-    return synthcxr_tokenizer(dataset_dict, vocab_size=vocab_size, max_tokens=max_tokens,
-                              max_sentences=max_sentences)
-
-
-def synthcxr_folder(cache_dir: str | None = None, num_train: int = 2000,
-                    num_validation: int = 200, num_test: int = 500, image_size: int = 224,
-                    seed: int = 0) -> str:
-    """Generates SynthCXR once (cached) and returns its prepared dataset folder."""
-    from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
-
-    load_synthcxr(cache_dir, num_train, num_validation, num_test, image_size, seed)
-    return str(synthcxr_dir(cache_dir, num_train, num_validation, num_test, image_size, seed))
-
-
 def resnet_image_encoder(depth: int = 50, image_size: int = 224, input_channels: int = 1,
                          weights: str | None = None, width: int = 64):
     """A ``ResNetImageEncoder``, optionally initialized from a local weights file (e.g.
@@ -164,6 +97,13 @@ def _strict_factory(target: Callable, name: str) -> Callable:
                     f"{MODULE}.{name}.{parameter} has no value: it is bound to a "
                     f"%gin.REQUIRED macro{_required_macro_hint(name, parameter)}"
                 )
+            if isinstance(value, dict):  # e.g. lovt.paper_tasks.folders = {'rsna': %RSNA_DATA}
+                for key, item in value.items():
+                    if item is gin.REQUIRED:
+                        raise MissingValueError(
+                            f"{MODULE}.{name}.{parameter}[{key!r}] has no value: it is bound "
+                            f"to a %gin.REQUIRED macro{_required_macro_hint(name, parameter, key)}"
+                        )
         return target(*args, **kwargs)
 
     factory.__signature__ = signature.replace(parameters=parameters)
@@ -174,19 +114,50 @@ def _strict_factory(target: Callable, name: str) -> Callable:
     return factory
 
 
-def _required_macro_hint(name: str, parameter: str) -> str:
-    """Names the macro to set, following chains such as PRETRAIN_DATA -> MIMIC_CXR_DIR."""
-    key, macro = f"{MODULE}.{name}.{parameter}", None
+def _macro_chain(value: Any) -> tuple[Any, str | None]:
+    """Follows a bound ``value`` through macros (``seeds = %SEEDS``,
+    ``SEEDS = %N``, ...); returns the final value and the last macro's name (None when
+    ``value`` is no macro)."""
+    macro = None
     for _ in range(10):
-        try:
-            value = gin.query_parameter(key)
-        except (ValueError, KeyError):
-            break
         selector = getattr(value, "scoped_selector", "")
         if not selector.endswith("/gin.macro"):
             break
         macro = selector.split("/")[0]
-        key = f"%{macro}"
+        try:
+            value = gin.query_parameter(f"%{macro}")
+        except (ValueError, KeyError):
+            break
+    return value, macro
+
+
+_UNBOUND = object()
+
+
+def bound_value(key: str, default: Any = _UNBOUND) -> Any:
+    """The value the parsed gin files bind to ``key`` (``'lovt.pretrain.seed'``), macros
+    followed; ``default`` when nothing binds it (else the parameter's default in the
+    registered callable's signature)."""
+    try:
+        value = gin.query_parameter(key)
+    except (ValueError, KeyError):
+        if default is not _UNBOUND:
+            return default
+        name, parameter = key.rsplit(".", 1)
+        return inspect.signature(REGISTERED[name]).parameters[parameter].default
+    return _macro_chain(value)[0]
+
+
+def _required_macro_hint(name: str, parameter: str, item: Any = None) -> str:
+    """Names the macro to set, following chains such as PRETRAIN_DATA -> MIMIC_CXR_DIR
+    (``item``: the key of a mapping parameter's entry)."""
+    try:
+        value = gin.query_parameter(f"{MODULE}.{name}.{parameter}")
+        if item is not None:
+            value = value[item]
+    except (ValueError, KeyError, TypeError):
+        value = None
+    _, macro = _macro_chain(value)
     if macro is None:
         return " (set it in a gin file or with --bind)"
     return f" ({macro}); set it, e.g. --bind \"{macro} = '...'\""
@@ -202,12 +173,16 @@ def _registrations() -> dict[str, Callable]:
         bert_backbone_from_folder,
         minilm_folder,
     )
+    from lovt_keras.training import data, evaluation_program
     from lovt_keras.training.pretrain import pretrain
-    from tools import gin_eval, study
+    from lovt_keras.training.study import study
 
     return {
-        **gin_eval.registrations(),  # lovt.evaluate and the evaluation tasks
-        "study": study.study,
+        "evaluate": evaluation_program.evaluate,
+        "eval_encoders": evaluation_program.eval_encoders,
+        "paper_tasks": evaluation_program.paper_tasks,
+        "synth_tasks": evaluation_program.synth_tasks,
+        "study": study,
         "run": run,
         "pretrain": pretrain,
         "LoVTPretrainer": LoVTPretrainer,
@@ -217,10 +192,10 @@ def _registrations() -> dict[str, Callable]:
         "BertBackbone": keras_hub.models.BertBackbone,
         "bert_backbone_from_folder": bert_backbone_from_folder,
         "minilm_folder": minilm_folder,
-        "pretraining_batches": pretraining_batches,
-        "tokenizer_from_folder": tokenizer_from_folder,
-        "trained_tokenizer": trained_tokenizer,
-        "synthcxr_folder": synthcxr_folder,
+        "pretraining_batches": data.pretraining_batches,
+        "tokenizer_from_folder": data.tokenizer_from_folder,
+        "trained_tokenizer": data.trained_tokenizer,
+        "synthcxr_folder": data.synthcxr_folder,
     }
 
 
@@ -253,4 +228,6 @@ def parameters_of(name: str) -> list[str]:
 
 def clear_caches() -> None:
     """Forgets loaded datasets (between runs in one process, e.g. in tests)."""
-    _load_pretraining_dataset.cache_clear()
+    from lovt_keras.training.data import clear_dataset_cache
+
+    clear_dataset_cache()

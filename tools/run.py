@@ -7,7 +7,8 @@
 Later ``--gin`` files and then the ``--bind`` bindings override earlier values. The
 experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
 ``lovt.pretrain``), a model and the data; or ``lovt.study``, which runs a sequence of
-pretrainings and their evaluation, each as a run of this program (see ``tools.study``).
+pretrainings and their evaluation, each as a run of this program (see
+``lovt_keras.training.study``).
 ``--backend`` sets ``KERAS_BACKEND`` before Keras is imported. ``--dry_run`` builds the
 model and the data, runs one batch through the model, prints the summary and exits
 without writing anything (a study prints every command it would run); for the evaluation
@@ -413,18 +414,9 @@ def _devices() -> list[str]:
 
 
 def _seed():
-    import gin
+    from tools.gin_registry import bound_value
 
-    try:
-        value = gin.query_parameter("lovt.pretrain.seed")
-    except (ValueError, KeyError):
-        return None
-    selector = getattr(value, "scoped_selector", "")
-    if selector.endswith("/gin.macro"):
-        try:
-            return gin.query_parameter(f"%{selector.split('/')[0]}")
-        except (ValueError, KeyError):
-            return None
+    value = bound_value("lovt.pretrain.seed", default=None)
     return value if isinstance(value, int) else None
 
 
@@ -571,7 +563,8 @@ def _dry_run_evaluation(spec, tasks, val_data) -> None:
         ConfigError: an encoder or a task's data cannot be built (all problems listed,
             after the summary of everything else).
     """
-    from tools import gin_eval
+    from lovt_keras.training.evaluation_program import describe_evaluation
+    from tools.gin_registry import bound_value
 
     if val_data is not None:
         raise ConfigError("lovt.evaluate takes its data from the tasks; leave "
@@ -582,7 +575,7 @@ def _dry_run_evaluation(spec, tasks, val_data) -> None:
         # gin appends "In call to configurable ..." lines; the first part says it all.
         message = str(error).split("\n  In call to configurable")[0]
         raise ConfigError(message) from None
-    problems = gin_eval.describe_evaluation(encoders, list(tasks), gin_eval.configured_seeds())
+    problems = describe_evaluation(encoders, list(tasks), int(bound_value("lovt.evaluate.seeds")))
     if problems:
         raise ConfigError(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
 

@@ -1,6 +1,14 @@
-"""Views of training data used by the training programs (subsets, partial epochs)."""
+"""The training programs' data: prepared datasets as batches, subsets, partial epochs.
+
+The functions here are what the gin files build data with (``lovt.pretraining_batches``,
+``lovt.synthcxr_folder``, ``lovt.trained_tokenizer``, ``lovt.tokenizer_from_folder``;
+registered by ``tools.gin_registry``).
+"""
 
 from __future__ import annotations
+
+import functools
+import os
 
 import datasets
 import keras
@@ -97,3 +105,74 @@ def first_studies(dataset: datasets.Dataset, fraction: float | None = None,
         return dataset
     # Dictionary codes number the studies in order of first appearance.
     return dataset.select(np.flatnonzero(codes < keep))
+
+
+@functools.lru_cache(maxsize=8)
+def load_prepared_dataset(path: str) -> tuple[datasets.DatasetDict, dict]:
+    """``load_pretraining_dataset(path)``, loaded once per process (the batches of every
+    split and the tokenizer read the same folder); :func:`clear_dataset_cache` forgets."""
+    from lovt_keras.data.pretraining_dataset import load_pretraining_dataset
+
+    return load_pretraining_dataset(path)
+
+
+def clear_dataset_cache() -> None:
+    """Forgets the datasets :func:`load_prepared_dataset` loaded (between runs in one
+    process, e.g. in tests)."""
+    load_prepared_dataset.cache_clear()
+
+
+def pretraining_batches(path: str, tokenizer, split: str = "train", training: bool = True,
+                        batch_size: int = 32, image_size: int = 224,
+                        text_augmentation: str | None = "random_swaps", seed: int = 0,
+                        fraction: float | None = None, max_studies: int | None = None,
+                        workers: int = 2, image_augmentation: bool = True):
+    """``PretrainingBatches`` of one split of a prepared dataset folder.
+
+    ``fraction`` keeps the first share of the split's studies (the official 30 % subset:
+    ``train/lovt.pretraining_batches.fraction = 0.3``) and ``max_studies`` caps their
+    number (the tiny overlay), see :func:`first_studies`. ``image_augmentation=False``
+    replaces the ConVIRT image augmentation of training batches by the evaluation
+    transform (text augmentation stays).
+    """
+    from lovt_keras.data.image_augment import EvalTransform
+    from lovt_keras.data.pretraining_dataset import PretrainingBatches
+
+    dataset_dict, stats = load_prepared_dataset(os.fspath(path))
+    if split not in dataset_dict:
+        raise ValueError(f"{path}: no split {split!r} (has {sorted(dataset_dict)})")
+    dataset = first_studies(dataset_dict[split], fraction=fraction, max_studies=max_studies)
+    return PretrainingBatches(
+        dataset, tokenizer, stats, batch_size=batch_size, training=training,
+        image_size=image_size, text_augmentation=text_augmentation, seed=seed, workers=workers,
+        augmentation=None if image_augmentation else EvalTransform(image_size),
+    )
+
+
+def tokenizer_from_folder(folder: str, max_tokens: int = 512, max_sentences: int = 32):
+    """The ``ReportTokenizer`` of a BERT model folder (its ``vocab.txt``)."""
+    from lovt_keras.data.tokenization import ReportTokenizer
+
+    return ReportTokenizer.from_model_folder(folder, max_tokens=max_tokens,
+                                             max_sentences=max_sentences)
+
+
+def trained_tokenizer(path: str, vocab_size: int = 2000, max_tokens: int = 128,
+                      max_sentences: int = 16):
+    """A WordPiece tokenizer trained on the train split of a prepared dataset folder
+    (cached in the folder; for randomly initialized report encoders)."""
+    from lovt_keras.data.pretraining_dataset import synthcxr_tokenizer
+
+    dataset_dict, _ = load_prepared_dataset(os.fspath(path))
+    return synthcxr_tokenizer(dataset_dict, vocab_size=vocab_size, max_tokens=max_tokens,
+                              max_sentences=max_sentences)
+
+
+def synthcxr_folder(cache_dir: str | None = None, num_train: int = 2000,
+                    num_validation: int = 200, num_test: int = 500, image_size: int = 224,
+                    seed: int = 0) -> str:
+    """Generates SynthCXR once (cached) and returns its prepared dataset folder."""
+    from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
+
+    load_synthcxr(cache_dir, num_train, num_validation, num_test, image_size, seed)
+    return str(synthcxr_dir(cache_dir, num_train, num_validation, num_test, image_size, seed))

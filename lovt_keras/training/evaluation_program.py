@@ -1,29 +1,27 @@
-"""gin names of the localized evaluation (``experiments/eval/*.gin``).
+"""The localized evaluation as a program (``experiments/eval/*.gin``).
 
-Registered like ``tools.gin_registry`` (module ``lovt``, strict factories):
+``tools.gin_registry`` registers these functions under the gin module ``lovt``:
 
-- ``lovt.evaluate``: the program. ``lovt.run.model`` is bound to ``@lovt.eval_encoders``
-  (the encoders to evaluate, the table's rows) and ``lovt.run.train_data`` to
-  ``@lovt.paper_tasks`` or ``@lovt.synth_tasks`` (the tasks, its columns);
+- ``lovt.evaluate`` (:func:`evaluate`): the program. ``lovt.run.model`` is bound to
+  ``@lovt.eval_encoders`` (the encoders to evaluate, the table's rows) and
+  ``lovt.run.train_data`` to ``@lovt.paper_tasks`` or ``@lovt.synth_tasks`` (the tasks,
+  its columns);
 - ``lovt.eval_encoders``: method name -> encoder factory (random init, weights files,
   pretraining checkpoints);
 - ``lovt.paper_tasks``: paper tasks by number on the prepared dataset folders;
 - ``lovt.synth_tasks``: SynthCXR tasks by name, with the SynthCXR size settings.
 
-``registrations()`` returns them for ``gin_registry._registrations``; ``register()``
-registers them directly (idempotent) until that is wired.
+:func:`describe_evaluation` is what ``python -m tools.run --dry_run`` prints for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import gin
 
 TABLE_NAME = "results"
 
@@ -128,34 +126,40 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
     return encoders
 
 
-def paper_tasks(numbers: Sequence[int] | None = None, rsna: str | None = None,
-                covid_rural: str | None = None, siim: str | None = None,
-                object_cxr: str | None = None, nih: str | None = None,
+def paper_tasks(numbers: Sequence[int] | None = None,
+                folders: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> list:
     """Paper tasks ``numbers`` (None = all 18) on the prepared dataset folders.
 
     Args:
         numbers: task numbers of the paper table.
-        rsna, covid_rural, siim, object_cxr, nih: dataset folders (only those the
-            chosen tasks use are required).
+        folders: dataset name (``PaperTask.dataset``: ``rsna``, ``covid_rural``, ``siim``,
+            ``object_cxr``, ``nih``) -> its prepared folder; only the datasets of the
+            chosen tasks are required. The experiment files bind them through macros,
+            ``lovt.paper_tasks.folders = {'siim': %SIIM_DATA}``.
         overrides: ``EvalTask`` fields set on every task (e.g. ``{'max_epochs': 1}``).
     """
     from lovt_keras.training.tasks import PAPER_TASKS, paper_task
 
-    folders = dict(rsna=rsna, covid_rural=covid_rural, siim=siim, object_cxr=object_cxr,
-                   nih=nih)
+    folders = dict(folders or {})
     chosen = sorted(PAPER_TASKS) if numbers is None else [int(n) for n in numbers]
+    known = sorted({task.dataset for task in PAPER_TASKS.values()})
+    unknown = sorted(set(folders) - set(known))
+    if unknown:
+        raise ValueError(f"lovt.paper_tasks.folders names {unknown}; the datasets are {known}")
     tasks = []
     for number in chosen:
         if number not in PAPER_TASKS:
             raise ValueError(f"lovt.paper_tasks: no task {number}; the tasks are numbered 1-18")
         key = PAPER_TASKS[number].dataset
-        if folders[key] is None:
+        folder = folders.get(key)
+        # An unset folder is missing from the mapping or an unset %gin.REQUIRED macro.
+        if not isinstance(folder, (str, os.PathLike)):
             raise ValueError(
                 f"lovt.paper_tasks: task {number} needs the {key} dataset folder: set "
                 f"{key.upper()}_DATA (e.g. --bind \"{key.upper()}_DATA = '/data/{key}'\")"
             )
-        tasks.append(paper_task(number, folders[key], **dict(overrides or {})))
+        tasks.append(paper_task(number, os.fspath(folder), **dict(overrides or {})))
     return tasks
 
 
@@ -196,26 +200,6 @@ def synth_tasks(names: Sequence[str] | None = None, image_size: int = 224,
                        image_size=image_size, dataset_options=data,
                        **{**dict(overrides or {}), **by_task.get(name, {})})
             for name in chosen]
-
-
-def configured_seeds() -> int:
-    """``lovt.evaluate.seeds`` as the parsed gin files bind it (macros followed), else
-    the default of :func:`evaluate`."""
-    from tools.gin_registry import MODULE
-
-    key = f"{MODULE}.evaluate.seeds"
-    value: Any = inspect.signature(evaluate).parameters["seeds"].default
-    for _ in range(10):  # a chain of macros: seeds = %SEEDS, SEEDS = %N, ...
-        try:
-            bound = gin.query_parameter(key)
-        except (ValueError, KeyError):
-            break
-        selector = getattr(bound, "scoped_selector", "")
-        if not selector.endswith("/gin.macro"):
-            value = bound
-            break
-        key = f"%{selector.split('/')[0]}"
-    return int(value)
 
 
 def _dataset_text(task: Any) -> str:
@@ -309,28 +293,3 @@ def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds
         log(f"    data: {folder}: {counts} images ({len(train)} train batches), "
             f"{train.image_size} px, {train.num_classes} class(es) {names}{boxes}")
     return problems
-
-
-def registrations() -> dict[str, Callable]:
-    """gin name (without ``lovt.``) -> callable, for ``gin_registry._registrations``."""
-    return {
-        "evaluate": evaluate,
-        "eval_encoders": eval_encoders,
-        "paper_tasks": paper_tasks,
-        "synth_tasks": synth_tasks,
-    }
-
-
-def register() -> None:
-    """Registers the evaluation names with gin unless ``gin_registry`` already did."""
-    from tools import gin_registry
-
-    gin_registry.register()
-    for name, target in registrations().items():
-        full = f"{gin_registry.MODULE}.{name}"
-        if full in gin_registry.REGISTERED:
-            continue
-        gin_registry.CONFIGURED[full] = gin.external_configurable(
-            gin_registry._strict_factory(target, name), name=name, module=gin_registry.MODULE
-        )
-        gin_registry.REGISTERED[full] = target

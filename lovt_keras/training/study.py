@@ -24,10 +24,10 @@ gin (see ``experiments/quickstart.gin``)::
     lovt.run.program = @lovt.study
     lovt.run.model = None
     lovt.run.train_data = None
-    lovt.study.pretrain_gin = ['experiments/quickstart/pretrain.gin']
+    lovt.study.pretrain_gin = ['experiments/pretrain/quickstart.gin']
     lovt.study.methods = {'LoVT': {}, 'Global only': {'gin': ['gin/losses/global_only.gin']}}
     lovt.study.seeds = [0, 1, 2]
-    lovt.study.evaluation_gin = ['experiments/quickstart/eval.gin']
+    lovt.study.evaluation_gin = ['experiments/eval/quickstart.gin']
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""The evaluation gin files parse into the intended tasks and encoders."""
+"""The evaluation program's gin files parse into the intended tasks and encoders."""
 
 from pathlib import Path
 
 import pytest
 
 from lovt_keras.training import evaluation as ev
+from lovt_keras.training import evaluation_program
 from lovt_keras.training.tasks import PAPER_TASKS, SYNTH_TASKS
-from tools import gin_eval, run
+from tools import gin_registry, run
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments" / "eval").glob("*.gin"))
@@ -16,7 +17,7 @@ DATA_BINDINGS = [f"{key.upper()}_DATA = '/data/{key}'"
 
 @pytest.fixture(autouse=True, scope="module")
 def _registered():
-    gin_eval.register()
+    gin_registry.register()
 
 
 def _configure(files, bindings=()):
@@ -72,7 +73,7 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
                 assert task.lr_grid == (0.03, 0.1, 0.3) and task.max_epochs == 30
         if stem == "ablations_synthcxr":
             assert [t.head for t in tasks] == ["linear", "linear", "unet", "yolov3"]
-        assert gin_eval.configured_seeds() == (5 if stem == "quickstart" else 3)
+        assert gin_registry.bound_value("lovt.evaluate.seeds") == (5 if stem == "quickstart" else 3)
         encoders = spec.model()
         assert list(encoders) == ["Random init"] and encoders["Random init"].width == 16
         return
@@ -110,20 +111,28 @@ def test_tiny_overlay_and_encoder_bindings(tmp_path):
 
 
 def test_task_overrides_apply_per_task_and_unknown_names_fail():
-    tasks = gin_eval.synth_tasks(
+    tasks = evaluation_program.synth_tasks(
         ["synth_opacity_linear_1", "synth_foreign_object_linear"], overrides={"max_epochs": 7},
         task_overrides={"synth_foreign_object_linear": {"max_epochs": 3, "lr_grid": (0.5,)}})
     assert [(t.max_epochs, t.lr_grid) for t in tasks] == [
         (7, SYNTH_TASKS["synth_opacity_linear_1"].lr_grid), (3, (0.5,))]
     with pytest.raises(ValueError, match="synth_nothing"):
-        gin_eval.synth_tasks(["synth_opacity_linear_1"], task_overrides={"synth_nothing": {}})
+        evaluation_program.synth_tasks(["synth_opacity_linear_1"], task_overrides={"synth_nothing": {}})
+
+
+def test_paper_tasks_take_one_folder_per_dataset():
+    tasks = evaluation_program.paper_tasks([12, 18, 13], folders={"covid_rural": "/c", "nih": "/n",
+                                                                "siim": "/s"})
+    assert [(t.number, t.dataset) for t in tasks] == [(12, "/c"), (18, "/n"), (13, "/s")]
+    with pytest.raises(ValueError, match=r"task 9 needs the rsna dataset folder: set RSNA_DATA"):
+        evaluation_program.paper_tasks([12, 9], folders={"covid_rural": "/c"})
+    with pytest.raises(ValueError, match=r"names \['chexpert'\]"):
+        evaluation_program.paper_tasks([12], folders={"covid_rural": "/c", "chexpert": "/x"})
 
 
 def test_missing_dataset_folder_is_named():
-    from tools.gin_registry import MissingValueError
-
     spec = run.configure(["experiments/eval/task05_rsna_yolov3_frozen_10.gin"], [])
-    with pytest.raises(MissingValueError, match="RSNA_DATA"):
+    with pytest.raises(gin_registry.MissingValueError, match=r"folders\['rsna'\].*RSNA_DATA"):
         spec.train_data()
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from lovt_keras.analysis.results_table import results_table
 from lovt_keras.analysis.study import aggregate_over_seeds, encoder_name, split_encoder_name
-from tools import run, study
+from lovt_keras.training import study
+from tools import run
 
 REPO = Path(__file__).resolve().parents[2]
 
