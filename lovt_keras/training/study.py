@@ -43,7 +43,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The checkout whose ``tools/run.py`` runs each step (the study is a program of the
+# repository, not of an installed package: its gin files live there too).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN_DIR = "pretrain"
 EVALUATION_DIR = "evaluation"
 RESULTS_FILE = "results"
@@ -247,6 +249,10 @@ class _Runner:
             self.records.append(record)
             return
         self.log(f"study [{self.count}] {what}:\n    {shown}")
+        if not (REPO_ROOT / "tools" / "run.py").is_file():
+            raise StudyError(f"a study runs `python -m tools.run` in the lovt_keras checkout, "
+                             f"but {REPO_ROOT} has no tools/run.py (an installed package "
+                             "without its repository?)")
         start = time.time()
         completed = subprocess.run(argv, cwd=REPO_ROOT, check=False)
         record["seconds"] = round(time.time() - start, 1)

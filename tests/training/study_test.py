@@ -69,6 +69,8 @@ class FakeRuns:
         self.calls = []
 
     def __call__(self, argv, cwd=None, check=False):
+        # Each step runs `python -m tools.run` in the checkout (where tools/ lives).
+        assert argv[1:3] == ["-m", "tools.run"] and (Path(cwd) / "tools" / "run.py").is_file()
         args = argv[3:]
         self.calls.append(args)
         out = Path(args[args.index("--output_dir") + 1])
