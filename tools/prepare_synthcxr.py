@@ -1,6 +1,6 @@
 """Generates SynthCXR and its tokenizer vocabulary into a dataset folder.
 
-    python -m tools.prepare synthcxr [--output_dir DIR] [--num_train 2000] [--overwrite]
+    python -m tools.prepare synthcxr [--output_dir DIR] [--num_train N] [--overwrite]
 
 Without ``--output_dir`` the folder is the cache folder that
 ``lovt_keras.data.synthcxr.load_synthcxr`` uses for the same parameters, so later
@@ -23,7 +23,7 @@ import datasets
 
 from lovt_keras.data import synthcxr
 from lovt_keras.data.pretraining_dataset import SYNTHCXR_VOCAB_SIZE, synthcxr_tokenizer
-from lovt_keras.files import write_json
+from lovt_keras.files import replace_folder, write_json
 
 DESCRIPTION = "Generate SynthCXR, the synthetic chest-X-ray dataset (images, reports, labels)."
 
@@ -35,11 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset folder to write (default: the load_synthcxr cache folder for these "
         "parameters, under $LOVT_KERAS_CACHE/synthcxr or ~/.cache/lovt_keras/synthcxr)",
     )
-    parser.add_argument("--num_train", type=int, default=2000, help="train images (2000)")
-    parser.add_argument("--num_validation", type=int, default=200, help="validation images (200)")
-    parser.add_argument("--num_test", type=int, default=500, help="test images (500)")
-    parser.add_argument("--image_size", type=int, default=224, help="stored image side (224)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (0)")
+    for flag, default, what in (
+        ("--num_train", synthcxr.DEFAULT_NUM_TRAIN, "train images"),
+        ("--num_validation", synthcxr.DEFAULT_NUM_VALIDATION, "validation images"),
+        ("--num_test", synthcxr.DEFAULT_NUM_TEST, "test images"),
+        ("--image_size", synthcxr.DEFAULT_IMAGE_SIZE, "stored image side"),
+        ("--seed", synthcxr.DEFAULT_SEED, "generator seed"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} ({default})")
     parser.add_argument("--num_proc", type=int, default=1, help="generator processes (1)")
     parser.add_argument(
         "--vocab_size", type=int, default=SYNTHCXR_VOCAB_SIZE,
@@ -75,7 +78,12 @@ def main(args: argparse.Namespace) -> int:
         stats = _complete_stats(built, dataset_dict)
         tokenizer = synthcxr_tokenizer(dataset_dict, vocab_size=args.vocab_size)
         del dataset_dict
-        _move_into_place(built, final)
+        try:
+            replace_folder(built, final, overwrite=args.overwrite)
+        except FileExistsError:  # it appeared while we were generating
+            print(f"error: {final} already exists; pass --overwrite to replace it",
+                  file=sys.stderr)
+            return 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - start
@@ -99,18 +107,3 @@ def _complete_stats(folder: Path, dataset_dict: datasets.DatasetDict) -> dict:
     stats["skipped"] = {}
     write_json(path, stats)
     return stats
-
-
-def _move_into_place(built: Path, final: Path) -> None:
-    """Renames ``built`` to ``final``, replacing an existing ``final`` (``--overwrite``)."""
-    if not final.exists():
-        built.rename(final)
-        return
-    trash = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    final.rename(trash)
-    try:
-        built.rename(final)
-    except OSError:
-        trash.rename(final)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)

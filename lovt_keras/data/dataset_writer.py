@@ -39,6 +39,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from lovt_keras.data.images import ImageReadError, pad_and_resize, read_image, to_uint8
 from lovt_keras.data.reports import SkipCounter, clean_whitespace
+from lovt_keras.files import replace_folder
 
 __all__ = [
     "NO_IMAGE_FILE",
@@ -238,7 +239,11 @@ def write_dataset(
             raise ValueError(f"stats_extra may not set the computed key(s) {clash}")
         stats.update(extra)
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=False))
-        _move_into_place(tmp, final, overwrite)
+        try:
+            replace_folder(tmp, final, overwrite)
+        except FileExistsError as error:  # checked at the start: it appeared since
+            raise OutputExistsError(
+                f"output folder {str(final)!r} appeared during the conversion") from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -321,21 +326,6 @@ def _histogram_stats(histogram: np.ndarray) -> dict[str, Any]:
     mean = float((histogram * values).sum() / count)
     var = float((histogram * (values - mean) ** 2).sum() / count)
     return {"mean": mean, "std": var**0.5, "num_pixels": count}
-
-
-def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
-    if final.exists() or final.is_symlink():
-        if not overwrite:  # appeared while we were converting
-            raise OutputExistsError(f"output folder {str(final)!r} appeared during the conversion")
-        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        final.rename(old)
-        tmp.rename(final)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    else:
-        tmp.rename(final)
 
 
 # --------------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ classes fit one byte; storing ``(C, H, W)`` would make the dataset 6 times large
 
 Typical use::
 
-    ds = load_synthcxr(num_train=2000)          # DatasetDict train/validation/test
+    ds = load_synthcxr()                        # DatasetDict train/validation/test
     stats = load_stats(ds)                      # {"mean": ..., "std": ...}, train pixels in [0, 1]
     row = ds["train"].with_format("numpy")[0]   # note: datasets returns integers as int64
-    masks = decode_masks(row)                   # (6, 224, 224) uint8
+    masks = decode_masks(row)                   # (6, 224, 224) uint8 (DEFAULT_IMAGE_SIZE)
     findings = json.loads(ds["train"][0]["findings"])
 
 Each finding dict holds ``kind``, ``side``, ``zone``, ``severity`` (mild / moderate /
@@ -67,8 +67,14 @@ from lovt_keras.data.synthcxr_render import (
     sample_anatomy,
 )
 from lovt_keras.data.synthcxr_reports import ZONE_WORDS, format_report, write_report
+from lovt_keras.files import replace_folder
 
 __all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_NUM_TEST",
+    "DEFAULT_NUM_TRAIN",
+    "DEFAULT_NUM_VALIDATION",
+    "DEFAULT_SEED",
     "FIELD_OF_VIEW_CM",
     "FINDING_CLASSES",
     "GENERATOR_VERSION",
@@ -89,6 +95,14 @@ GENERATOR_VERSION = 1
 SPLITS = ("train", "validation", "test")
 NORMAL_FRACTION = 0.35
 STATS_FILE = "stats.json"
+
+# The default dataset: split sizes, image side and generator seed of ``load_synthcxr``
+# and ``synthcxr_dir`` (also ``tools.prepare synthcxr``'s flag defaults).
+DEFAULT_NUM_TRAIN = 2000
+DEFAULT_NUM_VALIDATION = 200
+DEFAULT_NUM_TEST = 500
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_SEED = 0
 
 # ------------------------------------------------------------ finding sampling
 
@@ -279,7 +293,10 @@ def _spec(item) -> Finding:
 
 
 def generate_sample(
-    rng: np.random.Generator, image_size: int = 224, *, findings: Sequence | None = None
+    rng: np.random.Generator,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    *,
+    findings: Sequence | None = None,
 ) -> dict:
     """Generates one image with its report and labels.
 
@@ -359,7 +376,7 @@ def _split_code(split: str) -> int:
 # ---------------------------------------------------------------------- datasets
 
 
-def features(image_size: int = 224) -> datasets.Features:
+def features(image_size: int = DEFAULT_IMAGE_SIZE) -> datasets.Features:
     """The ``datasets.Features`` of a SynthCXR split."""
     shape = (image_size, image_size)
     return datasets.Features(
@@ -406,7 +423,7 @@ def _rows(split: str, num_samples: int, seed: int, image_size: int,
 def generate_split(
     num_samples: int,
     seed: int,
-    image_size: int = 224,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     *,
     split: str = "train",
     num_proc: int = 1,
@@ -462,11 +479,11 @@ def _quiet_datasets():
 
 def synthcxr_dir(
     cache_dir: str | os.PathLike | None = None,
-    num_train: int = 2000,
-    num_validation: int = 200,
-    num_test: int = 500,
-    image_size: int = 224,
-    seed: int = 0,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_validation: int = DEFAULT_NUM_VALIDATION,
+    num_test: int = DEFAULT_NUM_TEST,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = DEFAULT_SEED,
 ) -> Path:
     """Folder that ``load_synthcxr`` uses for these parameters.
 
@@ -487,11 +504,11 @@ def synthcxr_dir(
 
 def load_synthcxr(
     cache_dir: str | os.PathLike | None = None,
-    num_train: int = 2000,
-    num_validation: int = 200,
-    num_test: int = 500,
-    image_size: int = 224,
-    seed: int = 0,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_validation: int = DEFAULT_NUM_VALIDATION,
+    num_test: int = DEFAULT_NUM_TEST,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = DEFAULT_SEED,
     num_proc: int = 1,
 ) -> datasets.DatasetDict:
     """Loads SynthCXR from the cache, generating and saving it the first time.
@@ -545,7 +562,7 @@ def _build(final: Path, sizes: dict, image_size: int, seed: int, num_proc: int) 
         (tmp / "dataset").rmdir()
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2))
         try:
-            tmp.rename(final)
+            replace_folder(tmp, final, overwrite=False)
         except OSError:
             if not (final / STATS_FILE).is_file():  # not a concurrent build that won
                 raise

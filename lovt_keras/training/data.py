@@ -14,6 +14,8 @@ import datasets
 import keras
 import numpy as np
 
+from lovt_keras.data import synthcxr
+
 
 class EpochView(keras.utils.PyDataset):
     """Batches ``start .. stop - 1`` of a batch sequence, for one ``fit`` call.
@@ -168,11 +170,12 @@ def trained_tokenizer(path: str, vocab_size: int = 2000, max_tokens: int = 128,
                               max_sentences=max_sentences)
 
 
-def synthcxr_folder(cache_dir: str | None = None, num_train: int = 2000,
-                    num_validation: int = 200, num_test: int = 500, image_size: int = 224,
-                    seed: int = 0) -> str:
+def synthcxr_folder(cache_dir: str | None = None, num_train: int = synthcxr.DEFAULT_NUM_TRAIN,
+                    num_validation: int = synthcxr.DEFAULT_NUM_VALIDATION,
+                    num_test: int = synthcxr.DEFAULT_NUM_TEST,
+                    image_size: int = synthcxr.DEFAULT_IMAGE_SIZE,
+                    seed: int = synthcxr.DEFAULT_SEED) -> str:
     """Generates SynthCXR once (cached) and returns its prepared dataset folder."""
-    from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
-
-    load_synthcxr(cache_dir, num_train, num_validation, num_test, image_size, seed)
-    return str(synthcxr_dir(cache_dir, num_train, num_validation, num_test, image_size, seed))
+    synthcxr.load_synthcxr(cache_dir, num_train, num_validation, num_test, image_size, seed)
+    return str(synthcxr.synthcxr_dir(cache_dir, num_train, num_validation, num_test,
+                                     image_size, seed))

@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from lovt_keras import keys
-from lovt_keras.files import write_json
+from lovt_keras.files import write_json, writing_atomically
 from lovt_keras.training.callbacks import (
     BestAndEarlyStopping,
     MetricsLogger,
@@ -195,6 +195,59 @@ def pretrain(
             (image size, vocabulary, token or sentence budget), a checkpoint of another
             seed or configuration.
     """
+    accumulation = _check_arguments(optimizer, export_checkpoint, schedule, epochs,
+                                    gradient_accumulation_steps)
+    policy = _policy_name(mixed_precision)
+    stream = sys.stdout if stream is None else stream
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    batches_per_epoch = _batches_per_epoch(train_data, accumulation)
+
+    keras.utils.set_random_seed(seed)
+    model = _build_model(model, policy)
+    sample = train_data[0]
+    if _is_image_report_model(model):
+        check_batch_fits_model(model, sample)
+    model(_head(sample, 2), training=False)  # creates the variables
+
+    lr = _learning_rate(schedule, learning_rate, batches_per_epoch // accumulation, epochs,
+                        warmup_epochs, accumulation)
+    model.compile(optimizer=_make_optimizer(optimizer, lr, weight_decay, accumulation),
+                  jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
+
+    state, resume_metrics, resume_rng, resumed_from = _resume(
+        output_dir, model, seed, batches_per_epoch, stream=stream if verbose else None)
+    monitor = "val_loss" if val_data is not None else "loss"
+    callbacks = _callbacks(
+        output_dir, state, train_data, monitor, resume_metrics=resume_metrics,
+        resume_rng=resume_rng, epochs=epochs, batches_per_epoch=batches_per_epoch,
+        checkpoint_every_steps=checkpoint_every_steps, schedule=schedule,
+        plateau_factor=plateau_factor, plateau_patience=plateau_patience,
+        early_stopping_patience=early_stopping_patience,
+        early_stopping_min_delta=early_stopping_min_delta, tensorboard=tensorboard,
+        stream=stream if verbose else None,
+    )
+    _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks, verbose)
+    _finish(model, state, output_dir, export_checkpoint)
+
+    result = PretrainResult(output_dir=output_dir, model=model, state=state,
+                            history=read_metrics(output_dir / METRICS_FILE),
+                            resumed_from=resumed_from)
+    if export and _is_image_report_model(model):
+        result.image_encoder_path, result.report_encoder_path = export_encoders(
+            model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
+        )
+    if verbose:
+        _report(state, monitor, export_checkpoint, output_dir, stream)
+    return result
+
+
+def _check_arguments(optimizer: str, export_checkpoint: str, schedule: str, epochs: int,
+                     gradient_accumulation_steps: int | None) -> int:
+    """Raises a ValueError naming the first invalid argument; returns the number of
+    mini-batches per weight update (``gradient_accumulation_steps``, None or 0 = 1)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
     if export_checkpoint not in EXPORT_CHECKPOINTS:
@@ -207,80 +260,105 @@ def pretrain(
     accumulation = int(gradient_accumulation_steps or 1)
     if accumulation < 1:
         raise ValueError(f"gradient_accumulation_steps must be >= 1, got {accumulation}")
-    policy = _policy_name(mixed_precision)
-    stream = sys.stdout if stream is None else stream
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = output_dir / CHECKPOINT_DIR
-    metrics_path = output_dir / METRICS_FILE
+    return accumulation
 
+
+def _batches_per_epoch(train_data, accumulation: int) -> int:
+    """The largest multiple of ``accumulation`` that ``train_data`` holds (see the module
+    docstring: the left-over mini-batches of every epoch are skipped)."""
     batches_per_epoch = len(train_data) - len(train_data) % accumulation
     if batches_per_epoch < 1:
         raise ValueError(
             f"the training data has {len(train_data)} batches per epoch, fewer than one "
             f"gradient-accumulation cycle ({accumulation} batches)"
         )
-    updates_per_epoch = batches_per_epoch // accumulation
+    return batches_per_epoch
 
-    keras.utils.set_random_seed(seed)
-    model = _build_model(model, policy)
-    sample = train_data[0]
-    if _is_image_report_model(model):
-        check_batch_fits_model(model, sample)
-    model(_head(sample, 2), training=False)  # creates the variables
 
-    lr = _learning_rate(schedule, learning_rate, updates_per_epoch, epochs, warmup_epochs,
-                        accumulation)
-    optimizer_kwargs = dict(
-        learning_rate=lr,
+def _make_optimizer(name: str, learning_rate, weight_decay: float,
+                    accumulation: int) -> keras.optimizers.Optimizer:
+    """AdamW or Adam with torch's epsilon and ``accumulation`` mini-batches per update,
+    with its gradient norm tracked (see the module docstring for the deviations)."""
+    kwargs = dict(
+        learning_rate=learning_rate,
         epsilon=1e-8,
         gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )
-    if optimizer == "adamw":
-        keras_optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+    if name == "adamw":
+        optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **kwargs)
     else:
-        keras_optimizer = keras.optimizers.Adam(weight_decay=weight_decay or None,
-                                                **optimizer_kwargs)
+        optimizer = keras.optimizers.Adam(weight_decay=weight_decay or None, **kwargs)
     # Before compile and resume: its two variables are part of the optimizer state that
     # checkpoints save (logged as gradient_norm per epoch, see callbacks.NormLogger).
-    track_gradient_norm(keras_optimizer)
-    model.compile(optimizer=keras_optimizer, jit_compile=jit_compile)
-    model.optimizer.build(model.trainable_variables)
-    _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
+    track_gradient_norm(optimizer)
+    return optimizer
 
+
+def _resume(output_dir: Path, model: keras.Model, seed: int, batches_per_epoch: int,
+            stream: TextIO | None):
+    """Loads ``checkpoints/last.npz`` of ``output_dir`` (if there is one) into the
+    compiled and built ``model`` and its optimizer, and cuts ``metrics.jsonl`` back to
+    the epochs it completed.
+
+    At an epoch boundary the checkpoint's RNG states are restored at once; in the middle
+    of an epoch they are returned, for the ``Checkpointer`` to restore when training
+    reaches that batch again.
+
+    Args:
+        stream: where the "resuming ..." line goes (None: silent).
+
+    Returns:
+        ``(state, resume_metrics, resume_rng, resumed_from)``: the ``TrainingState`` (a
+        fresh one without a checkpoint), the metric means and the RNG states saved with
+        the checkpoint (None without one; ``resume_rng`` also None at an epoch boundary)
+        and ``(epoch, step_in_epoch)`` of the checkpoint (None without one).
+
+    Raises:
+        ValueError: the checkpoint was written with another seed, or after more
+            mini-batches of an epoch than this run's epochs have.
+    """
     state = TrainingState(seed=int(seed))
-    resume_metrics = resume_rng = None
-    resumed_from = None
-    last_path = checkpoint_dir / LAST
-    if last_path.is_file():
-        mid_epoch = read_checkpoint_state(last_path).step_in_epoch > 0
-        state, resume_metrics = load_checkpoint(last_path, model, optimizer=True, metrics=True,
-                                                restore_rng=not mid_epoch)
-        resume_rng = read_rng_states(last_path) if mid_epoch else None
-        if state.seed is not None and state.seed != int(seed):
-            raise ValueError(
-                f"{last_path}: written by a run with seed {state.seed}, this run has seed "
-                f"{seed}; use another output directory or the same seed"
-            )
-        if state.step_in_epoch >= batches_per_epoch:
-            raise ValueError(
-                f"{last_path}: stopped after batch {state.step_in_epoch} of epoch "
-                f"{state.epoch + 1}, but an epoch now has {batches_per_epoch} batches "
-                "(different data or batch size?)"
-            )
-        resumed_from = (state.epoch, state.step_in_epoch)
-        truncate_metrics(metrics_path, completed_epochs=state.epoch)
-        if verbose and not state.finished:
-            print(
-                f"resuming {output_dir} at epoch {state.epoch + 1}, batch "
-                f"{state.step_in_epoch} of {batches_per_epoch} (mini-batch "
-                f"{state.global_step} of the run)",
-                file=stream, flush=True,
-            )
+    last_path = output_dir / CHECKPOINT_DIR / LAST
+    if not last_path.is_file():
+        return state, None, None, None
+    mid_epoch = read_checkpoint_state(last_path).step_in_epoch > 0
+    state, resume_metrics = load_checkpoint(last_path, model, optimizer=True, metrics=True,
+                                            restore_rng=not mid_epoch)
+    resume_rng = read_rng_states(last_path) if mid_epoch else None
+    if state.seed is not None and state.seed != int(seed):
+        raise ValueError(
+            f"{last_path}: written by a run with seed {state.seed}, this run has seed "
+            f"{seed}; use another output directory or the same seed"
+        )
+    if state.step_in_epoch >= batches_per_epoch:
+        raise ValueError(
+            f"{last_path}: stopped after batch {state.step_in_epoch} of epoch "
+            f"{state.epoch + 1}, but an epoch now has {batches_per_epoch} batches "
+            "(different data or batch size?)"
+        )
+    truncate_metrics(output_dir / METRICS_FILE, completed_epochs=state.epoch)
+    if stream is not None and not state.finished:
+        print(
+            f"resuming {output_dir} at epoch {state.epoch + 1}, batch "
+            f"{state.step_in_epoch} of {batches_per_epoch} (mini-batch "
+            f"{state.global_step} of the run)",
+            file=stream, flush=True,
+        )
+    return state, resume_metrics, resume_rng, (state.epoch, state.step_in_epoch)
 
-    monitor = "val_loss" if val_data is not None else "loss"
+
+def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str, *,
+               resume_metrics, resume_rng, epochs: int, batches_per_epoch: int,
+               checkpoint_every_steps: int | None, schedule: str, plateau_factor: float,
+               plateau_patience: int, early_stopping_patience: int | None,
+               early_stopping_min_delta: float, tensorboard: bool,
+               stream: TextIO | None) -> list[keras.callbacks.Callback]:
+    """The callbacks of ``fit``, in the order they must run (each comment says why).
+
+    ``stream``: where ``MetricsLogger`` prints one line per epoch (None: silent).
+    """
     checkpointer = Checkpointer(
-        checkpoint_dir, state, checkpoint_every_steps, batches_per_epoch,
+        output_dir / CHECKPOINT_DIR, state, checkpoint_every_steps, batches_per_epoch,
         resume_offset=state.step_in_epoch,
         resume_metrics=resume_metrics if state.step_in_epoch else None,
         resume_rng=resume_rng,
@@ -294,12 +372,17 @@ def pretrain(
         callbacks.append(ReduceLROnPlateau(state, monitor, plateau_factor, plateau_patience))
     callbacks.append(BestAndEarlyStopping(state, monitor, early_stopping_patience,
                                           early_stopping_min_delta))
-    callbacks.append(MetricsLogger(metrics_path, state, epochs,
-                                   stream=stream if verbose else None))
+    callbacks.append(MetricsLogger(output_dir / METRICS_FILE, state, epochs, stream=stream))
     if tensorboard:
         callbacks.append(TensorBoardLogger(output_dir / TENSORBOARD_DIR))
     callbacks.append(checkpointer)  # last: saves what the others updated
+    return callbacks
 
+
+def _fit(model: keras.Model, train_data, val_data, state: TrainingState, epochs: int,
+         batches_per_epoch: int, callbacks: list, verbose: int) -> None:
+    """Trains the epochs that remain after ``state``: first the rest of an interrupted
+    epoch, then the following epochs (nothing once the run finished or stopped early)."""
     fit_kwargs = dict(validation_data=val_data, callbacks=callbacks, shuffle=False,
                       verbose=1 if verbose >= 2 else 0)
     done = state.finished or state.stopped_early or state.epoch >= epochs
@@ -311,29 +394,32 @@ def pretrain(
     if not done:
         model.fit(EpochView(train_data, 0, batches_per_epoch), epochs=epochs,
                   initial_epoch=state.epoch, **fit_kwargs)
+
+
+def _finish(model: keras.Model, state: TrainingState, output_dir: Path,
+            export_checkpoint: str) -> None:
+    """Marks the run finished in ``last.npz`` (a later call trains nothing) and loads
+    the best checkpoint's weights into ``model`` when ``export_checkpoint="best"``."""
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
     if not state.finished:
         state.finished = True
-        save_checkpoint(last_path, model, state, metrics=False)
-
+        save_checkpoint(checkpoint_dir / LAST, model, state, metrics=False)
     best_path = checkpoint_dir / BEST
     if export_checkpoint == "best" and best_path.is_file():
         load_checkpoint(best_path, model, optimizer=False, restore_rng=False)
-    result = PretrainResult(output_dir=output_dir, model=model, state=state,
-                            history=read_metrics(metrics_path), resumed_from=resumed_from)
-    if export and _is_image_report_model(model):
-        result.image_encoder_path, result.report_encoder_path = export_encoders(
-            model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
-        )
-    if verbose:
-        best = (
-            f"best {monitor} {state.best_value:.4f} at epoch {state.best_epoch + 1}"
-            if state.best_epoch is not None else "no best epoch"
-        )
-        end = "stopped early" if state.stopped_early else f"{state.epoch} epochs"
-        weights = "final" if export_checkpoint == "last" else "best"
-        print(f"done: {end}, {best}; {weights} weights kept; outputs in {output_dir}",
-              file=stream, flush=True)
-    return result
+
+
+def _report(state: TrainingState, monitor: str, export_checkpoint: str, output_dir: Path,
+            stream: TextIO) -> None:
+    """Prints the run's closing line: why it ended, the best epoch, the weights kept."""
+    best = (
+        f"best {monitor} {state.best_value:.4f} at epoch {state.best_epoch + 1}"
+        if state.best_epoch is not None else "no best epoch"
+    )
+    end = "stopped early" if state.stopped_early else f"{state.epoch} epochs"
+    weights = "final" if export_checkpoint == "last" else "best"
+    print(f"done: {end}, {best}; {weights} weights kept; outputs in {output_dir}",
+          file=stream, flush=True)
 
 
 def _policy_name(mixed_precision: bool | str) -> str | None:
@@ -449,7 +535,8 @@ def _write_data_info(output_dir: Path, train_data, batches_per_epoch: int,
         "pixel_std": getattr(train_data, "std", None),
     }
     if tokenizer is not None and hasattr(tokenizer, "save_vocabulary"):
-        tokenizer.save_vocabulary(output_dir / VOCABULARY_FILE)
+        with writing_atomically(output_dir / VOCABULARY_FILE) as tmp:
+            tokenizer.save_vocabulary(tmp)
         info["tokenizer"] = {
             "max_tokens": tokenizer.max_tokens,
             "max_sentences": tokenizer.max_sentences,
@@ -460,13 +547,8 @@ def _write_data_info(output_dir: Path, train_data, batches_per_epoch: int,
 
 
 def _save_atomically(model: keras.Model, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    try:
+    with writing_atomically(path) as tmp:  # keeps the ".keras" suffix that save needs
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -113,6 +113,21 @@ def test_refuses_existing_folder_and_overwrites_when_asked(tmp_path):
     assert _leftovers(tmp_path, "ds") == []
 
 
+def test_folder_that_appears_during_the_conversion_is_kept(tmp_path):
+    out = tmp_path / "ds"
+
+    def rows_while_someone_creates_the_folder():
+        yield from _rows(2, 0, "x")
+        out.mkdir()  # e.g. another conversion into the same folder
+        (out / "theirs.txt").write_text("not ours to delete")
+        yield from _rows(1, 1, "y")
+
+    with pytest.raises(OutputExistsError, match="appeared during the conversion"):
+        write_dataset(out, {"train": rows_while_someone_creates_the_folder()}, _features())
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert _leftovers(tmp_path, "ds") == []
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     def broken():
         yield from _rows(2, 0, "x")

@@ -1,8 +1,10 @@
 """Tests of the SynthCXR generator: determinism, labels, reports, statistics, caching."""
 
+import inspect
 import json
 import os
 import re
+import shutil
 
 import datasets
 import numpy as np
@@ -382,6 +384,53 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
         load_synthcxr(tmp_path, **kwargs)
     folder.rmdir()
     assert len(load_synthcxr(tmp_path, **kwargs)["test"]) == 2
+
+
+def test_build_accepts_a_complete_folder_from_a_concurrent_build(tmp_path, monkeypatch):
+    kwargs = dict(num_train=4, num_validation=2, num_test=2, image_size=32, seed=0)
+    other = load_synthcxr(tmp_path / "other", **kwargs)  # what the other process writes
+    folder = synthcxr_dir(tmp_path / "cache", **kwargs)
+    real_stats = synthcxr._pixel_stats
+
+    def stats_while_another_build_wins(ds):
+        shutil.copytree(synthcxr_dir(tmp_path / "other", **kwargs), folder)
+        (folder / "theirs.txt").write_text("x")
+        return real_stats(ds)
+
+    monkeypatch.setattr(synthcxr, "_pixel_stats", stats_while_another_build_wins)
+    ds = load_synthcxr(tmp_path / "cache", **kwargs)
+    assert ds["train"]["study_id"] == other["train"]["study_id"]
+    assert (folder / "theirs.txt").is_file()  # theirs was kept, ours discarded
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+
+    # A folder without stats.json that appears meanwhile is an error, and is kept.
+    shutil.rmtree(folder)
+
+    def stats_while_a_stranger_writes(ds):
+        folder.mkdir()
+        (folder / "theirs.txt").write_text("x")
+        return real_stats(ds)
+
+    monkeypatch.setattr(synthcxr, "_pixel_stats", stats_while_a_stranger_writes)
+    with pytest.raises(FileExistsError, match="already exists"):
+        load_synthcxr(tmp_path / "cache", **kwargs)
+    assert [p.name for p in folder.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+
+
+def test_default_sizes_are_the_constants(tmp_path):
+    # Changing them renames every default cache folder (and the quickstart's numbers).
+    assert (synthcxr.DEFAULT_NUM_TRAIN, synthcxr.DEFAULT_NUM_VALIDATION,
+            synthcxr.DEFAULT_NUM_TEST, synthcxr.DEFAULT_IMAGE_SIZE,
+            synthcxr.DEFAULT_SEED) == (2000, 200, 500, 224, 0)
+    assert synthcxr_dir(tmp_path).name == (
+        f"synthcxr-v{synthcxr.GENERATOR_VERSION}-seed0-px224-n2000-200-500"
+    )
+    defaults = {name: p.default for name, p in
+                inspect.signature(load_synthcxr).parameters.items()}
+    assert defaults["num_train"] == 2000 and defaults["num_validation"] == 200
+    assert defaults["num_test"] == 500 and defaults["image_size"] == 224
+    assert defaults["seed"] == 0
 
 
 def test_stats_match_numpy(tmp_path):

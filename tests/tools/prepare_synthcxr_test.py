@@ -1,10 +1,12 @@
+import argparse
 import json
 
 import numpy as np
 
+from lovt_keras.data import synthcxr
 from lovt_keras.data.pretraining_dataset import SYNTHCXR_VOCAB_FILE, load_pretraining_dataset
 from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
-from tools import prepare
+from tools import prepare, prepare_synthcxr
 
 SIZES = ["--num_train", "8", "--num_validation", "2", "--num_test", "3", "--image_size", "64"]
 
@@ -55,3 +57,37 @@ def test_default_output_is_the_load_synthcxr_cache(tmp_path, monkeypatch):
                              seed=3)
     assert len(reloaded["train"]) == 8
     assert (folder / "stats.json").stat().st_mtime_ns == mtime
+
+
+def test_folder_that_appears_during_generation_is_kept_without_overwrite(
+    tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "synth"
+    real_tokenizer = prepare_synthcxr.synthcxr_tokenizer
+
+    def tokenizer_while_someone_creates_the_folder(*args, **kwargs):
+        out.mkdir()
+        (out / "theirs.txt").write_text("x")
+        return real_tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_synthcxr, "synthcxr_tokenizer",
+                        tokenizer_while_someone_creates_the_folder)
+    assert prepare.main(["synthcxr", "--output_dir", str(out), *SIZES]) == 1
+    assert f"{out} already exists; pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["synth"]
+
+
+def test_flag_defaults_are_the_synthcxr_defaults():
+    args = prepare.build_parser().parse_args(["synthcxr"])
+    assert (args.num_train, args.num_validation, args.num_test, args.image_size, args.seed) == (
+        synthcxr.DEFAULT_NUM_TRAIN, synthcxr.DEFAULT_NUM_VALIDATION, synthcxr.DEFAULT_NUM_TEST,
+        synthcxr.DEFAULT_IMAGE_SIZE, synthcxr.DEFAULT_SEED,
+    )
+    parser = argparse.ArgumentParser()
+    prepare_synthcxr.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert f"train images ({synthcxr.DEFAULT_NUM_TRAIN})" in text
+    assert f"validation images ({synthcxr.DEFAULT_NUM_VALIDATION})" in text
+    assert f"test images ({synthcxr.DEFAULT_NUM_TEST})" in text
+    assert f"stored image side ({synthcxr.DEFAULT_IMAGE_SIZE})" in text
