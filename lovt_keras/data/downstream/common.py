@@ -3,16 +3,23 @@
 - Annotation helpers: ``decode_rle`` (Kaggle SIIM relative, column-major RLE),
   ``boxes_to_mask`` (box-filled masks with the official rounding), ``check_boxes``
   (boxes against the image), ``pack_masks`` / ``unpack_masks`` (bit c = class c).
+- Examples: ``example_from_boxes`` (checked boxes with one box-filled mask per class)
+  and ``example_from_mask`` (a one-class mask, no boxes), the two kinds of targets.
 - Splits: ``load_split_folder`` / ``official_split_folder`` (the split CSVs of the official
-  code, shipped in ``lovt_keras/data/splits``), ``random_split`` (per image) and
-  ``split_by_patient`` (greedy, patients disjoint), both seeded; ``subset_fraction``
-  (the first rows of a split, the official ``train_subset``).
-- The conversion driver ``convert_downstream``: assigns images to splits, preprocesses
-  every image (optional histogram equalization, pad to square, resize to 224, boxes and
-  masks moved along; ``equalize_8bit`` is the fast exact equalization), writes the
-  dataset folder with ``write_dataset`` and returns a ``ConversionResult`` (counts per
-  split, skips with reasons, and notes: boxes clipped to the image and the cross-check
-  of the boxes with the split CSV's).
+  code, shipped in ``lovt_keras/data/splits``; the folder names are in the table
+  ``registry.CONVERTERS``), ``split_folder`` (the folder a ``split`` argument names),
+  ``random_split`` (per image) and ``split_by_patient`` (greedy, patients disjoint), both
+  seeded; ``subset_fraction`` (the first rows of a split, the official ``train_subset``).
+- Original layout: ``locate_root`` (the folder of a layout that may be nested one level
+  down), ``require`` (a file or folder that must exist), ``index_files``.
+- The conversion drivers. ``resolve_and_convert`` is what a converter calls once it has
+  parsed its annotations: it assigns the images to splits (``resolve_split``) and hands
+  them to ``convert_downstream``, which preprocesses every image (optional histogram
+  equalization, pad to square, resize to 224, boxes and masks moved along;
+  ``equalize_8bit`` is the fast exact equalization), writes the dataset folder with
+  ``write_dataset`` and returns a ``ConversionResult`` (counts per split, skips with
+  reasons, and notes: boxes clipped to the image and the cross-check of the boxes with
+  the split CSV's).
 
 Downstream row format (one row per image):
 ``image`` uint8 ``(S, S)``; ``id`` string; ``boxes`` float32 ``(N, 4)`` as ``x, y, w, h`` in
@@ -54,6 +61,7 @@ from lovt_keras.data.dataset_writer import (
     imap_ordered,
     write_dataset,
 )
+from lovt_keras.data.downstream.registry import CONVERTERS
 from lovt_keras.data.images import (
     ImageReadError,
     equalize_histogram,
@@ -80,6 +88,7 @@ __all__ = [
     "ConversionResult",
     "check_output_dir",
     "resolve_split",
+    "resolve_and_convert",
     "decode_rle",
     "boxes_to_mask",
     "check_boxes",
@@ -87,7 +96,10 @@ __all__ = [
     "unpack_masks",
     "preprocess",
     "equalize_8bit",
+    "example_from_boxes",
+    "example_from_mask",
     "official_split_folder",
+    "split_folder",
     "read_split_csv",
     "load_split_folder",
     "random_split",
@@ -95,6 +107,8 @@ __all__ = [
     "subset_fraction",
     "compare_boxes",
     "index_files",
+    "locate_root",
+    "require",
     "downstream_features",
     "convert_downstream",
 ]
@@ -103,15 +117,10 @@ SPLITS = ("train", "validation", "test")
 OFFICIAL = "official"
 RANDOM = "random"
 
-# The official split folders (names as in the official repo's ``datasets/``).
+# The official split folders (names as in the official repo's ``datasets/``), by dataset
+# key (``object_cxr``); declared with the rest of each dataset in the converter table.
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
-OFFICIAL_SPLIT_NAMES = {
-    "rsna": "RSNA-Pneunomia-Detection",
-    "siim": "siim-acr-pneumothorax-segmentation",
-    "object_cxr": "object-CXR",
-    "nih": "NIH_CXR_pathology_detection",
-    "covid_rural": "Opacity-Segmentation-COVID",
-}
+OFFICIAL_SPLIT_NAMES = {c.dataset: c.official_split for c in CONVERTERS.values()}
 
 # Skip reasons shared by all converters, so that summaries compare.
 LISTED_BUT_MISSING = "listed in the official split but missing"
@@ -366,6 +375,50 @@ def preprocess(
     }
 
 
+def example_from_boxes(
+    image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, num_classes: int, source: str
+) -> Example:
+    """An image with boxes: boxes checked and clipped, one box-filled mask per class.
+
+    Args:
+        image: float32 ``(H, W)`` in ``[0, 1]``.
+        boxes: ``(N, 4)`` ``x, y, w, h`` in pixels of ``image``.
+        classes: int ``(N,)`` in ``[0, num_classes)``.
+        num_classes: the mask bits to fill (``boxes_to_mask`` of class c's clipped boxes
+            in bit c).
+        source: names the row/image in error messages.
+
+    Raises:
+        AnnotationError: see ``check_boxes``.
+    """
+    height, width = image.shape
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    classes = np.asarray(classes).reshape(-1)
+    clipped_boxes, clipped = check_boxes(boxes, height, width, source)
+    planes = np.stack([
+        boxes_to_mask(clipped_boxes[classes == c], height, width) for c in range(num_classes)
+    ])
+    return Example(
+        image=image,
+        boxes=clipped_boxes,
+        classes=classes.astype(np.int32),
+        masks=pack_masks(planes),
+        clipped=clipped,
+        original_boxes=boxes,
+    )
+
+
+def example_from_mask(image: np.ndarray, mask: np.ndarray) -> Example:
+    """An image with a one-class uint8 0/1 ``mask`` of its size and no boxes (a one-class
+    mask is its own bit-packed form)."""
+    return Example(
+        image=image,
+        boxes=np.zeros((0, 4), np.float64),
+        classes=np.zeros(0, np.int32),
+        masks=mask,
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------------------
@@ -398,6 +451,12 @@ def official_split_folder(dataset: str) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"official split folder {folder} is missing from the package")
     return folder
+
+
+def split_folder(split: str | os.PathLike, dataset: str) -> Path:
+    """The folder of split CSVs that a ``split`` other than ``"random"`` names: the shipped
+    official one of ``dataset`` for ``"official"``, else ``split`` itself."""
+    return official_split_folder(dataset) if str(split) == OFFICIAL else Path(split)
 
 
 def _parse_split_boxes(boxes: str, classes: str, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -629,6 +688,30 @@ def index_files(
     return out
 
 
+def locate_root(root: str | os.PathLike, marker: str, candidates: Sequence[str]) -> Path:
+    """The first of ``root / c`` for ``c`` in ``candidates`` that holds ``marker``, else ``root``.
+
+    For layouts that users keep at different depths: ``locate_root(root, "train.csv",
+    ("input", "."))`` finds Object-CXR's ``input/`` folder before ``root`` itself.
+    """
+    root = Path(root)
+    for candidate in candidates:
+        if (root / candidate / marker).exists():
+            return root / candidate
+    return root
+
+
+def require(path: Path, expected: str, *, folder: bool = False) -> Path:
+    """``path`` if it is a file (a folder with ``folder=True``).
+
+    Raises:
+        FileNotFoundError: ``"<path> does not exist (expected <expected>)"``.
+    """
+    if not (path.is_dir() if folder else path.is_file()):
+        raise FileNotFoundError(f"{path} does not exist (expected {expected})")
+    return path
+
+
 # --------------------------------------------------------------------------------------
 # Conversion driver
 # --------------------------------------------------------------------------------------
@@ -717,7 +800,7 @@ def resolve_split(
             skipped.add(unannotated_reason, source=image_id)
         skipped.seen = len(have_annotation) + len(unannotated)
         return make_random(available), {}, RANDOM
-    folder = official_split_folder(dataset) if str(split) == OFFICIAL else Path(split)
+    folder = split_folder(split, dataset)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"split {str(split)!r} is neither 'official', 'random' nor a folder of split CSVs"
@@ -916,4 +999,69 @@ def convert_downstream(
         skipped={"images": skipped},
         stats=stats,
         notes=tally.notes(),
+    )
+
+
+def resolve_and_convert(
+    *,
+    dataset: str,
+    output_dir: str | os.PathLike,
+    split: str | os.PathLike,
+    seed: int,
+    image_size: int,
+    overwrite: bool,
+    on_error: str,
+    num_proc: int,
+    annotated: Sequence[str],
+    images: Iterable[str],
+    task: Callable[[str], Task],
+    loader: Callable[[Task], Example],
+    class_names: Sequence[str],
+    equalize: bool,
+    source: str,
+    make_random: Callable[[list[str]], dict[str, list[str]]] | None = None,
+    unannotated_images: Iterable[str] = (),
+    unannotated_reason: str = IMAGE_WITHOUT_ANNOTATION,
+    stats_extra: Mapping[str, Any] | None = None,
+) -> ConversionResult:
+    """The end of every converter: ``resolve_split``, then ``convert_downstream``.
+
+    Args:
+        dataset, output_dir, loader, class_names, equalize, image_size, source,
+            overwrite, on_error, num_proc, stats_extra: as in ``convert_downstream``.
+        split, annotated, images, unannotated_images, unannotated_reason: as in
+            ``resolve_split``.
+        seed: the seed of the random split (recorded in stats.json for it).
+        task: image id -> its ``Task``, called for the ids of the splits.
+        make_random: available ids -> ids per split; default ``random_split(ids, seed)``
+            (60/20/20 per image).
+
+    Returns:
+        see ``convert_downstream``.
+    """
+    if make_random is None:
+        make_random = lambda ids: random_split(ids, seed)  # noqa: E731
+    skipped = SkipCounter(noun="images")
+    split_ids, entries, description = resolve_split(
+        split, dataset, annotated, images, make_random, skipped,
+        unannotated_images=unannotated_images, unannotated_reason=unannotated_reason,
+    )
+    return convert_downstream(
+        dataset=dataset,
+        output_dir=output_dir,
+        tasks={i: task(i) for ids in split_ids.values() for i in ids},
+        split_ids=split_ids,
+        split_entries=entries,
+        split_description=description,
+        loader=loader,
+        class_names=class_names,
+        equalize=equalize,
+        image_size=image_size,
+        skipped=skipped,
+        source=source,
+        overwrite=overwrite,
+        on_error=on_error,
+        num_proc=num_proc,
+        seed=seed if description == RANDOM else None,
+        stats_extra=stats_extra,
     )

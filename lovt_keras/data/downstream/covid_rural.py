@@ -24,7 +24,6 @@ the equalized pixels go straight to pad/resize (no second lossy compression).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -35,13 +34,14 @@ from lovt_keras.data.downstream.common import (
     Example,
     Task,
     check_output_dir,
-    convert_downstream,
+    example_from_mask,
     index_files,
-    resolve_split,
+    locate_root,
+    require,
+    resolve_and_convert,
     split_by_patient,
 )
 from lovt_keras.data.images import read_image
-from lovt_keras.data.reports import SkipCounter
 
 __all__ = ["CLASS_NAMES", "IMAGES_DIR", "MASKS_DIR", "patient_id", "read_mask",
            "convert_covid_rural"]
@@ -93,19 +93,7 @@ def read_mask(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
 
 def _load(task: Task) -> Example:
     image = read_image(task.image_path)
-    mask = read_mask(task.annotation, *image.shape)
-    return Example(
-        image=image,
-        boxes=np.zeros((0, 4), np.float64),
-        classes=np.zeros(0, np.int32),
-        masks=mask,  # one class: the 0/1 mask is its own bit-packed form
-    )
-
-
-def _base(root: Path) -> Path:
-    if not (root / IMAGES_DIR).is_dir() and (root / "covid_rural_annot" / IMAGES_DIR).is_dir():
-        return root / "covid_rural_annot"
-    return root
+    return example_from_mask(image, read_mask(task.annotation, *image.shape))
 
 
 def convert_covid_rural(
@@ -137,45 +125,22 @@ def convert_covid_rural(
         ``boxes``/``box_classes`` and ``masks`` (bit 0 = opacity).
     """
     check_output_dir(output_dir, overwrite)
-    base = _base(Path(root))
-    for folder in (IMAGES_DIR, MASKS_DIR):
-        if not (base / folder).is_dir():
-            raise FileNotFoundError(
-                f"{base / folder} does not exist (expected covid_rural_annot/jpgs and pngs_masks)"
-            )
-    images = index_files(base / IMAGES_DIR, (".jpg", ".jpeg"))
-    masks = index_files(base / MASKS_DIR, (".png",))
-    skipped = SkipCounter(noun="images")
-    split_ids, entries, description = resolve_split(
-        split,
-        "covid_rural",
-        sorted(masks),
-        images,
-        lambda ids: split_by_patient(ids, patient_id, seed),
-        skipped,
+    base = locate_root(root, IMAGES_DIR, (".", "covid_rural_annot"))
+    layout = "covid_rural_annot/jpgs and pngs_masks"
+    image_dir, mask_dir = (require(base / d, layout, folder=True) for d in (IMAGES_DIR, MASKS_DIR))
+    images = index_files(image_dir, (".jpg", ".jpeg"))
+    masks = index_files(mask_dir, (".png",))
+    return resolve_and_convert(
+        dataset="covid_rural", output_dir=output_dir, split=split, seed=seed,
+        image_size=image_size, overwrite=overwrite, on_error=on_error, num_proc=num_proc,
+        annotated=sorted(masks),
+        images=images,
         unannotated_images=sorted(images),
         unannotated_reason=IMAGE_WITHOUT_MASK,
-    )
-    tasks = {
-        i: Task(i, str(images[i]), str(masks[i]), str(masks[i]))
-        for ids in split_ids.values()
-        for i in ids
-    }
-    return convert_downstream(
-        dataset="covid_rural",
-        output_dir=output_dir,
-        tasks=tasks,
-        split_ids=split_ids,
-        split_entries=entries,
-        split_description=description,
+        make_random=lambda ids: split_by_patient(ids, patient_id, seed),
+        task=lambda i: Task(i, str(images[i]), str(masks[i]), str(masks[i])),
         loader=_load,
         class_names=CLASS_NAMES,
         equalize=True,
-        image_size=image_size,
-        skipped=skipped,
         source=f"COVID Rural covid_rural_annot ({base})",
-        overwrite=overwrite,
-        on_error=on_error,
-        num_proc=num_proc,
-        seed=seed if description == "random" else None,
     )

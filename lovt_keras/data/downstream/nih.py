@@ -38,25 +38,21 @@ from pathlib import Path
 import numpy as np
 
 from lovt_keras.data.downstream.common import (
-    OFFICIAL,
     RANDOM,
     AnnotationError,
     ConversionResult,
     Example,
     Task,
-    boxes_to_mask,
-    check_boxes,
     check_output_dir,
-    convert_downstream,
+    example_from_boxes,
     index_files,
     load_split_folder,
-    official_split_folder,
-    pack_masks,
-    resolve_split,
+    require,
+    resolve_and_convert,
     split_by_patient,
+    split_folder,
 )
 from lovt_keras.data.images import read_image
-from lovt_keras.data.reports import SkipCounter
 
 __all__ = ["CLASS_NAMES", "BBOX_FILE", "parse_nih_boxes", "read_no_finding_candidates",
            "patient_id", "convert_nih"]
@@ -187,19 +183,7 @@ def read_no_finding_candidates(root: str | os.PathLike) -> list[str]:
 def _load(task: Task) -> Example:
     boxes, classes = task.annotation
     image = read_image(task.image_path)
-    height, width = image.shape
-    clipped_boxes, clipped = check_boxes(boxes, height, width, task.source)
-    planes = np.stack([
-        boxes_to_mask(clipped_boxes[classes == c], height, width) for c in range(len(CLASS_NAMES))
-    ])
-    return Example(
-        image=image,
-        boxes=clipped_boxes,
-        classes=np.asarray(classes, np.int32),
-        masks=pack_masks(planes),
-        clipped=clipped,
-        original_boxes=boxes,
-    )
+    return example_from_boxes(image, boxes, classes, len(CLASS_NAMES), task.source)
 
 
 def convert_nih(
@@ -236,10 +220,7 @@ def convert_nih(
     """
     check_output_dir(output_dir, overwrite)
     root = Path(root)
-    bbox_file = root / BBOX_FILE
-    if not bbox_file.is_file():
-        raise FileNotFoundError(f"{bbox_file} does not exist (expected the NIH layout)")
-    annotated = parse_nih_boxes(bbox_file)
+    annotated = parse_nih_boxes(require(root / BBOX_FILE, "the NIH layout"))
     no_finding: list[str] = []
     empty = (np.zeros((0, 4)), np.zeros(0, np.int64))
     if str(split) == RANDOM:
@@ -256,7 +237,7 @@ def convert_nih(
     else:
         # Listed ids with no boxes in the split file either are "No Finding" images;
         # those with boxes must be in BBox_List (else they count as missing).
-        folder = official_split_folder("nih") if str(split) == OFFICIAL else Path(split)
+        folder = split_folder(split, "nih")
         if folder.is_dir():
             for entries in load_split_folder(folder).values():
                 no_finding += [
@@ -287,31 +268,16 @@ def convert_nih(
         normal = split_by_patient(rest, patient_id, seed)
         return {name: boxed[name] + follow[name] + normal[name] for name in boxed}
 
-    skipped = SkipCounter(noun="images")
-    split_ids, entries, description = resolve_split(
-        split, "nih", list(targets), images, make_random, skipped
-    )
-    tasks = {
-        i: Task(i, str(images[i]), targets[i], sources[i])
-        for ids in split_ids.values()
-        for i in ids
-    }
-    return convert_downstream(
-        dataset="nih",
-        output_dir=output_dir,
-        tasks=tasks,
-        split_ids=split_ids,
-        split_entries=entries,
-        split_description=description,
+    return resolve_and_convert(
+        dataset="nih", output_dir=output_dir, split=split, seed=seed, image_size=image_size,
+        overwrite=overwrite, on_error=on_error, num_proc=num_proc,
+        annotated=list(targets),
+        images=images,
+        make_random=make_random,
+        task=lambda i: Task(i, str(images[i]), targets[i], sources[i]),
         loader=_load,
         class_names=CLASS_NAMES,
         equalize=True,
-        image_size=image_size,
-        skipped=skipped,
         source=f"NIH ChestX-ray8 BBox_List_2017 + No Finding test images ({root})",
-        overwrite=overwrite,
-        on_error=on_error,
-        num_proc=num_proc,
-        seed=seed if description == RANDOM else None,
-        stats_extra={"num_no_finding": len(no_finding)} if description == RANDOM else None,
+        stats_extra={"num_no_finding": len(no_finding)} if str(split) == RANDOM else None,
     )

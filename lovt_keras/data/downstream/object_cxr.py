@@ -56,12 +56,12 @@ from lovt_keras.data.downstream.common import (
     boxes_to_mask,
     check_boxes,
     check_output_dir,
-    convert_downstream,
+    locate_root,
     random_split,
-    resolve_split,
+    require,
+    resolve_and_convert,
 )
 from lovt_keras.data.images import read_image
-from lovt_keras.data.reports import SkipCounter
 
 __all__ = ["CLASS_NAMES", "RECTANGLE", "ELLIPSE", "POLYGON", "ObjectAnnotation",
            "parse_object_annotation", "object_cxr_target", "read_object_cxr_csv",
@@ -226,12 +226,6 @@ def _load(task: Task) -> Example:
     )
 
 
-def _base(root: Path) -> Path:
-    if (root / "input" / "train.csv").is_file():
-        return root / "input"
-    return root
-
-
 def convert_object_cxr(
     root: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -271,13 +265,11 @@ def convert_object_cxr(
     if ellipse_masks not in ELLIPSE_MASKS:
         raise ValueError(f"ellipse_masks must be one of {ELLIPSE_MASKS}, got {ellipse_masks!r}")
     check_output_dir(output_dir, overwrite)
-    base = _base(Path(root))
+    base = locate_root(root, "train.csv", ("input", "."))
     annotations: dict[str, tuple[str, str, Path]] = {}
     train_ids: list[str] = []
     for part in ("train", "dev"):
-        csv_path = base / f"{part}.csv"
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"{csv_path} does not exist (expected the Object-CXR layout)")
+        csv_path = require(base / f"{part}.csv", "the Object-CXR layout")
         for name, annotation, source in read_object_cxr_csv(csv_path):
             image_id = name[: -len(".jpg")] if name.lower().endswith(".jpg") else name
             if image_id in annotations:
@@ -297,31 +289,20 @@ def convert_object_cxr(
         parts["test"] = [i for i in ids if i not in train_set]
         return parts
 
-    skipped = SkipCounter(noun="images")
-    split_ids, entries, description = resolve_split(
-        split, "object_cxr", list(annotations), images, make_random, skipped
-    )
-    tasks = {
-        i: Task(i, str(annotations[i][2]), (annotations[i][0], ellipse_masks), annotations[i][1])
-        for ids in split_ids.values()
-        for i in ids
-    }
-    return convert_downstream(
-        dataset="object_cxr",
-        output_dir=output_dir,
-        tasks=tasks,
-        split_ids=split_ids,
-        split_entries=entries,
-        split_description=description,
+    def task(i: str) -> Task:
+        annotation, source, path = annotations[i]
+        return Task(i, str(path), (annotation, ellipse_masks), source)
+
+    return resolve_and_convert(
+        dataset="object_cxr", output_dir=output_dir, split=split, seed=seed,
+        image_size=image_size, overwrite=overwrite, on_error=on_error, num_proc=num_proc,
+        annotated=list(annotations),
+        images=images,
+        make_random=make_random,
+        task=task,
         loader=_load,
         class_names=CLASS_NAMES,
         equalize=True,
-        image_size=image_size,
-        skipped=skipped,
         source=f"Object-CXR train + dev ({base})",
-        overwrite=overwrite,
-        on_error=on_error,
-        num_proc=num_proc,
-        seed=seed if description == "random" else None,
         stats_extra={"ellipse_masks": ellipse_masks},
     )

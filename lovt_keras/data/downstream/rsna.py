@@ -38,16 +38,12 @@ from lovt_keras.data.downstream.common import (
     ConversionResult,
     Example,
     Task,
-    boxes_to_mask,
-    check_boxes,
     check_output_dir,
-    convert_downstream,
-    pack_masks,
-    random_split,
-    resolve_split,
+    example_from_boxes,
+    require,
+    resolve_and_convert,
 )
 from lovt_keras.data.images import read_image
-from lovt_keras.data.reports import SkipCounter
 
 __all__ = ["CLASS_NAMES", "LABELS_FILE", "IMAGES_DIR", "parse_rsna_labels", "convert_rsna"]
 
@@ -115,19 +111,9 @@ def parse_rsna_labels(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, st
 
 
 def _load(task: Task) -> Example:
-    image = read_image(task.image_path)
-    height, width = image.shape
     boxes = np.asarray(task.annotation, dtype=np.float64).reshape(-1, 4)
-    clipped_boxes, clipped = check_boxes(boxes, height, width, task.source)
-    masks = pack_masks(boxes_to_mask(clipped_boxes, height, width)[None])
-    return Example(
-        image=image,
-        boxes=clipped_boxes,
-        classes=np.zeros(len(boxes), np.int32),
-        masks=masks,
-        clipped=clipped,
-        original_boxes=boxes,
-    )
+    classes = np.zeros(len(boxes), np.int32)
+    return example_from_boxes(read_image(task.image_path), boxes, classes, 1, task.source)
 
 
 def convert_rsna(
@@ -161,48 +147,22 @@ def convert_rsna(
     """
     check_output_dir(output_dir, overwrite)
     root = Path(root)
-    labels = root / LABELS_FILE
-    if not labels.is_file():
-        raise FileNotFoundError(f"{labels} does not exist (expected the Kaggle RSNA layout)")
-    annotations = parse_rsna_labels(labels)
-    image_dir = root / IMAGES_DIR
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir} does not exist (expected the Kaggle RSNA layout)")
+    layout = "the Kaggle RSNA layout"
+    annotations = parse_rsna_labels(require(root / LABELS_FILE, layout))
     images = {
         entry.name[: -len(".dcm")]: Path(entry.path)
-        for entry in os.scandir(image_dir)
+        for entry in os.scandir(require(root / IMAGES_DIR, layout, folder=True))
         if entry.name.lower().endswith(".dcm") and entry.is_file()
     }
-    skipped = SkipCounter(noun="images")
-    split_ids, entries, description = resolve_split(
-        split,
-        "rsna",
-        list(annotations),
-        images,
-        lambda ids: random_split(ids, seed),
-        skipped,
+    return resolve_and_convert(
+        dataset="rsna", output_dir=output_dir, split=split, seed=seed, image_size=image_size,
+        overwrite=overwrite, on_error=on_error, num_proc=num_proc,
+        annotated=list(annotations),
+        images=images,
         unannotated_images=sorted(images),
-    )
-    tasks = {
-        pid: Task(pid, str(images[pid]), annotations[pid][0], annotations[pid][1])
-        for ids in split_ids.values()
-        for pid in ids
-    }
-    return convert_downstream(
-        dataset="rsna",
-        output_dir=output_dir,
-        tasks=tasks,
-        split_ids=split_ids,
-        split_entries=entries,
-        split_description=description,
+        task=lambda pid: Task(pid, str(images[pid]), *annotations[pid]),
         loader=_load,
         class_names=CLASS_NAMES,
         equalize=False,
-        image_size=image_size,
-        skipped=skipped,
         source=f"RSNA Pneumonia Detection stage 2 train ({root})",
-        overwrite=overwrite,
-        on_error=on_error,
-        num_proc=num_proc,
-        seed=seed if description == "random" else None,
     )

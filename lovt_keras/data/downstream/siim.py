@@ -33,14 +33,13 @@ from lovt_keras.data.downstream.common import (
     Example,
     Task,
     check_output_dir,
-    convert_downstream,
     decode_rle,
+    example_from_mask,
     index_files,
-    random_split,
-    resolve_split,
+    require,
+    resolve_and_convert,
 )
 from lovt_keras.data.images import read_image
-from lovt_keras.data.reports import SkipCounter
 
 __all__ = ["CLASS_NAMES", "RLE_FILE", "IMAGES_DIR", "parse_siim_rle", "decode_siim_mask",
            "convert_siim"]
@@ -89,13 +88,7 @@ def decode_siim_mask(rles: list[tuple[str, str]], height: int, width: int) -> np
 
 def _load(task: Task) -> Example:
     image = read_image(task.image_path)
-    mask = decode_siim_mask(task.annotation, *image.shape)
-    return Example(
-        image=image,
-        boxes=np.zeros((0, 4), np.float64),
-        classes=np.zeros(0, np.int32),
-        masks=mask,  # one class: the 0/1 mask is its own bit-packed form
-    )
+    return example_from_mask(image, decode_siim_mask(task.annotation, *image.shape))
 
 
 def convert_siim(
@@ -129,42 +122,18 @@ def convert_siim(
     """
     check_output_dir(output_dir, overwrite)
     root = Path(root)
-    rle_file = root / RLE_FILE
-    if not rle_file.is_file():
-        raise FileNotFoundError(f"{rle_file} does not exist (expected the Kaggle SIIM layout)")
-    annotations = parse_siim_rle(rle_file)
+    annotations = parse_siim_rle(require(root / RLE_FILE, "the Kaggle SIIM layout"))
     image_dir = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
     images = index_files(image_dir, (".dcm",))
-    skipped = SkipCounter(noun="images")
-    split_ids, entries, description = resolve_split(
-        split,
-        "siim",
-        list(annotations),
-        images,
-        lambda ids: random_split(ids, seed),
-        skipped,
+    return resolve_and_convert(
+        dataset="siim", output_dir=output_dir, split=split, seed=seed, image_size=image_size,
+        overwrite=overwrite, on_error=on_error, num_proc=num_proc,
+        annotated=list(annotations),
+        images=images,
         unannotated_images=sorted(images),
-    )
-    tasks = {
-        i: Task(i, str(images[i]), annotations[i], annotations[i][0][1])
-        for ids in split_ids.values()
-        for i in ids
-    }
-    return convert_downstream(
-        dataset="siim",
-        output_dir=output_dir,
-        tasks=tasks,
-        split_ids=split_ids,
-        split_entries=entries,
-        split_description=description,
+        task=lambda i: Task(i, str(images[i]), annotations[i], annotations[i][0][1]),
         loader=_load,
         class_names=CLASS_NAMES,
         equalize=True,
-        image_size=image_size,
-        skipped=skipped,
         source=f"SIIM-ACR Pneumothorax train ({root})",
-        overwrite=overwrite,
-        on_error=on_error,
-        num_proc=num_proc,
-        seed=seed if description == "random" else None,
     )
