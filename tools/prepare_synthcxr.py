@@ -19,10 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-import datasets
-
 from lovt_keras.data import synthcxr
-from lovt_keras.data.pretraining_dataset import SYNTHCXR_VOCAB_SIZE, synthcxr_tokenizer
 from lovt_keras.files import replace_folder, write_json
 
 DESCRIPTION = "Generate SynthCXR, the synthetic chest-X-ray dataset (images, reports, labels)."
@@ -45,13 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=int, default=default, help=f"{what} ({default})")
     parser.add_argument("--num_proc", type=int, default=1, help="generator processes (1)")
     parser.add_argument(
-        "--vocab_size", type=int, default=SYNTHCXR_VOCAB_SIZE,
-        help=f"WordPiece vocabulary bound ({SYNTHCXR_VOCAB_SIZE})",
+        "--vocab_size", type=int, default=synthcxr.SYNTHCXR_VOCAB_SIZE,
+        help=f"WordPiece vocabulary bound ({synthcxr.SYNTHCXR_VOCAB_SIZE})",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
 
 def main(args: argparse.Namespace) -> int:
+    from lovt_keras.data.pretraining_dataset import synthcxr_tokenizer
+
     sizes = {"num_train": args.num_train, "num_validation": args.num_validation,
              "num_test": args.num_test}
     for name, value in sizes.items():
@@ -98,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _complete_stats(folder: Path, dataset_dict: datasets.DatasetDict) -> dict:
+def _complete_stats(folder: Path, dataset_dict) -> dict:
     """Adds the convention's ``source``, ``counts`` and ``skipped`` to ``stats.json``."""
     path = folder / synthcxr.STATS_FILE
     stats = json.loads(path.read_text())

@@ -1,46 +1,13 @@
-"""Data: image and report processing, tokenization, SynthCXR and the pretraining batches."""
+"""Data: image and report processing, tokenization, SynthCXR and the pretraining batches.
 
-from lovt_keras.data.image_augment import AugmentationParameters, ConvirtAugmentation, EvalTransform
-from lovt_keras.data.images import (
-    ImageReadError,
-    compute_mean_std,
-    decode_image,
-    equalize_histogram,
-    from_uint8,
-    normalize,
-    pad_and_resize,
-    pad_to_square,
-    read_image,
-    resize,
-    to_uint8,
-)
-from lovt_keras.data.reports import (
-    SkipCounter,
-    extract_sections,
-    parse_iu_xray_xml,
-    parse_mimic_report,
-    prepare_report,
-    prepare_reports,
-    report_to_sentences,
-    split_sentences,
-)
-from lovt_keras.data.synthcxr import (
-    FINDING_CLASSES,
-    decode_masks,
-    generate_sample,
-    generate_split,
-    load_stats,
-    load_synthcxr,
-    synthcxr_dir,
-)
-from lovt_keras.data.text_augment import (
-    RANDOM_SENTENCE,
-    RANDOM_SWAPS,
-    augment_sentences,
-    random_sentence,
-    random_sentence_swaps,
-)
-from lovt_keras.data.tokenization import ReportTokenizer
+The names below are loaded on first use (PEP 562), so that importing one submodule
+(e.g. ``lovt_keras.data.downstream.registry`` for ``python -m tools.prepare --help``)
+does not import them all: ``datasets``, PIL and pandas take seconds, and the batch
+pipeline imports keras (and so a backend). Converters and their worker processes stay
+light.
+"""
+
+import importlib
 
 __all__ = [
     "FINDING_CLASSES",
@@ -84,20 +51,54 @@ __all__ = [
     "to_uint8",
 ]
 
-
-# The batch pipeline imports keras (and so a backend): load it on first use, so that
-# converters and their worker processes stay light.
 _LAZY = {
-    "TEXT_AUGMENTATIONS": "lovt_keras.data.pretraining_dataset",
+    "AugmentationParameters": "lovt_keras.data.image_augment",
+    "ConvirtAugmentation": "lovt_keras.data.image_augment",
+    "EvalTransform": "lovt_keras.data.image_augment",
+    "FINDING_CLASSES": "lovt_keras.data.synthcxr",
+    "ImageReadError": "lovt_keras.data.images",
     "PretrainingBatches": "lovt_keras.data.pretraining_dataset",
+    "RANDOM_SENTENCE": "lovt_keras.data.text_augment",
+    "RANDOM_SWAPS": "lovt_keras.data.text_augment",
+    "ReportTokenizer": "lovt_keras.data.tokenization",
+    "SkipCounter": "lovt_keras.data.reports",
+    "TEXT_AUGMENTATIONS": "lovt_keras.data.pretraining_dataset",
+    "augment_sentences": "lovt_keras.data.text_augment",
+    "compute_mean_std": "lovt_keras.data.images",
+    "decode_image": "lovt_keras.data.images",
+    "decode_masks": "lovt_keras.data.synthcxr",
+    "equalize_histogram": "lovt_keras.data.images",
+    "extract_sections": "lovt_keras.data.reports",
+    "from_uint8": "lovt_keras.data.images",
+    "generate_sample": "lovt_keras.data.synthcxr",
+    "generate_split": "lovt_keras.data.synthcxr",
     "load_pretraining_dataset": "lovt_keras.data.pretraining_dataset",
+    "load_stats": "lovt_keras.data.synthcxr",
+    "load_synthcxr": "lovt_keras.data.synthcxr",
+    "normalize": "lovt_keras.data.images",
+    "pad_and_resize": "lovt_keras.data.images",
+    "pad_to_square": "lovt_keras.data.images",
+    "parse_iu_xray_xml": "lovt_keras.data.reports",
+    "parse_mimic_report": "lovt_keras.data.reports",
+    "prepare_report": "lovt_keras.data.reports",
+    "prepare_reports": "lovt_keras.data.reports",
+    "random_sentence": "lovt_keras.data.text_augment",
+    "random_sentence_swaps": "lovt_keras.data.text_augment",
+    "read_image": "lovt_keras.data.images",
+    "report_to_sentences": "lovt_keras.data.reports",
+    "resize": "lovt_keras.data.images",
+    "split_sentences": "lovt_keras.data.reports",
+    "synthcxr_dir": "lovt_keras.data.synthcxr",
     "synthcxr_tokenizer": "lovt_keras.data.pretraining_dataset",
+    "to_uint8": "lovt_keras.data.images",
 }
 
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lovt_keras.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

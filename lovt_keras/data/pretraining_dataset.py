@@ -44,6 +44,7 @@ import numpy as np
 from lovt_keras import keys
 from lovt_keras.data.epochs import EpochTracking
 from lovt_keras.data.image_augment import ConvirtAugmentation, EvalTransform
+from lovt_keras.data.synthcxr import SYNTHCXR_VOCAB_SIZE
 from lovt_keras.data.text_augment import RANDOM_SENTENCE, RANDOM_SWAPS, augment_sentences
 from lovt_keras.data.tokenization import ReportTokenizer
 from lovt_keras.files import write_atomically
@@ -66,7 +67,6 @@ _TEXT_ALIASES = {"swaps": RANDOM_SWAPS}
 _AUGMENT_STREAM = 1
 _CHOICE_STREAM = 2
 
-SYNTHCXR_VOCAB_SIZE = 2000
 # The cached vocabulary of a SynthCXR folder ("v2": the deterministic trainer).
 SYNTHCXR_VOCAB_FILE = "vocab-v2.txt"
 

@@ -70,6 +70,7 @@ from lovt_keras.data.synthcxr_reports import ZONE_WORDS, format_report, write_re
 from lovt_keras.files import replace_folder
 
 __all__ = [
+    "SYNTHCXR_VOCAB_SIZE",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_NUM_TEST",
     "DEFAULT_NUM_TRAIN",
@@ -103,6 +104,9 @@ DEFAULT_NUM_VALIDATION = 200
 DEFAULT_NUM_TEST = 500
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_SEED = 0
+# Vocabulary bound of the report tokenizer trained on a SynthCXR train split
+# (``pretraining_dataset.synthcxr_tokenizer``).
+SYNTHCXR_VOCAB_SIZE = 2000
 
 # ------------------------------------------------------------ finding sampling
 

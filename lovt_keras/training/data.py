@@ -159,7 +159,7 @@ def tokenizer_from_folder(folder: str, max_tokens: int = 512, max_sentences: int
                                              max_sentences=max_sentences)
 
 
-def trained_tokenizer(path: str, vocab_size: int = 2000, max_tokens: int = 128,
+def trained_tokenizer(path: str, vocab_size: int = synthcxr.SYNTHCXR_VOCAB_SIZE, max_tokens: int = 128,
                       max_sentences: int = 16):
     """A WordPiece tokenizer trained on the train split of a prepared dataset folder
     (cached in the folder; for randomly initialized report encoders)."""

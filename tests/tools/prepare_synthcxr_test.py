@@ -63,14 +63,16 @@ def test_folder_that_appears_during_generation_is_kept_without_overwrite(
     tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "synth"
-    real_tokenizer = prepare_synthcxr.synthcxr_tokenizer
+    from lovt_keras.data import pretraining_dataset
+
+    real_tokenizer = pretraining_dataset.synthcxr_tokenizer
 
     def tokenizer_while_someone_creates_the_folder(*args, **kwargs):
         out.mkdir()
         (out / "theirs.txt").write_text("x")
         return real_tokenizer(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_synthcxr, "synthcxr_tokenizer",
+    monkeypatch.setattr(pretraining_dataset, "synthcxr_tokenizer",
                         tokenizer_while_someone_creates_the_folder)
     assert prepare.main(["synthcxr", "--output_dir", str(out), *SIZES]) == 1
     assert f"{out} already exists; pass --overwrite" in capsys.readouterr().err
