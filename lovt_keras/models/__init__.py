@@ -1,13 +1,15 @@
 """Encoders, the LoVT pretrainer and downstream models."""
 
-from lovt_keras.models.downstream import (
-    DetectionMetricsCallback,
-    DetectionTask,
-    SegmentationTask,
-    downstream_callbacks,
-    downstream_optimizer,
-    fit_with_warmup,
-    predict_boxes,
+from lovt_keras.models.detection_metrics_callback import DetectionMetricsCallback
+from lovt_keras.models.detection_task import DetectionTask, predict_boxes
+from lovt_keras.models.downstream_recipe import downstream_callbacks, downstream_optimizer
+from lovt_keras.models.downstream_task import DownstreamTask
+from lovt_keras.models.encoder_contract import (
+    FEATURE_NAMES,
+    FEATURE_STRIDES,
+    check_image_encoder,
+    describe_encoder,
+    rebuild_image_encoder,
 )
 from lovt_keras.models.image_encoder import (
     ResNetImageEncoder,
@@ -22,7 +24,9 @@ from lovt_keras.models.report_encoder import (
     minilm_folder,
     sentence_max_pool,
 )
+from lovt_keras.models.segmentation_task import SegmentationTask
 from lovt_keras.models.unet import UNetHead
+from lovt_keras.models.warmup import WarmupFitResult, fit_with_warmup
 from lovt_keras.models.yolov3 import (
     LOVT_ANCHORS,
     YOLOv3Head,
@@ -34,19 +38,26 @@ from lovt_keras.models.yolov3 import (
 )
 
 __all__ = [
+    "FEATURE_NAMES",
+    "FEATURE_STRIDES",
     "LOVT_ANCHORS",
     "DetectionMetricsCallback",
     "DetectionTask",
+    "DownstreamTask",
     "LinearSegmentationHead",
     "SegmentationTask",
     "UNetHead",
+    "WarmupFitResult",
     "YOLOv3Head",
+    "check_image_encoder",
     "decode_predictions",
+    "describe_encoder",
     "downstream_callbacks",
     "downstream_optimizer",
     "fit_with_warmup",
     "non_max_suppression",
     "predict_boxes",
+    "rebuild_image_encoder",
     "yolo_loss",
     "yolo_loss_components",
     "yolo_targets",

@@ -1,7 +1,9 @@
 """ResNet image encoder exposing the stage outputs by name.
 
-Official code: ``src/models/image/scan_encoder.py`` and ``src/models/image/resnet.py``,
-config ``configs/scan_encoder/resnet50attention_imagenet.yaml``.
+The reference implementation of the image encoder contract
+(:mod:`lovt_keras.models.encoder_contract`). Official code:
+``src/models/image/scan_encoder.py`` and ``src/models/image/resnet.py``, config
+``configs/scan_encoder/resnet50attention_imagenet.yaml``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import keras
 import keras_hub
 from keras import ops
+
+from lovt_keras.models.encoder_contract import FEATURE_NAMES
 
 # torchvision-style depths -> keras-hub ResNetBackbone arguments.
 RESNET_CONFIGS = {
@@ -22,10 +26,6 @@ RESNET_CONFIGS = {
 # keras-hub's ResNetBackbone only accepts the standard width (64 first-stage filters);
 # narrower ResNets (the CPU quickstart) are built by ``build_resnet_features``.
 STANDARD_WIDTH = 64
-
-# Names of the feature maps, as in the official code (torchvision layer names):
-# conv1 = stem after ReLU (stride 2), conv2..conv5 = layer1..layer4 (strides 4..32).
-FEATURE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def build_resnet_backbone(depth: int, image_size: int | None = None,
@@ -132,6 +132,7 @@ class ResNetImageEncoder(keras.Model):
     """A ResNet whose outputs are its stage feature maps.
 
     A functional model: ``images (B, H, W, C) -> {"conv1": ..., ..., "conv5": ...}``
+    meeting the image encoder contract (:mod:`lovt_keras.models.encoder_contract`),
     where ``conv5`` has stride 32 (7x7 at 224 px, 2048 channels for ResNet-50,
     512 for ResNet-18). Grayscale input (C = 1) is repeated to three channels
     inside the model. The underlying keras-hub ``ResNetBackbone`` is available as
@@ -188,6 +189,12 @@ class ResNetImageEncoder(keras.Model):
         """The keras-hub ``ResNetBackbone`` whose layers this model uses (width 64), or
         the functional ResNet of ``build_resnet_features`` (other widths)."""
         return self._backbone
+
+    @property
+    def description(self) -> str:
+        """``"ResNet-<depth>"``, plus ``" (width <w>)"`` for a narrow network."""
+        suffix = "" if self.width == STANDARD_WIDTH else f" (width {self.width})"
+        return f"ResNet-{self.depth}{suffix}"
 
     @property
     def feature_dims(self) -> dict[str, int]:

@@ -3,8 +3,9 @@
 Official code: ``src/models/downstream/downstream_evaluation.py`` (a run),
 ``src/analysis/evaluation_job.py`` (lr search and runs), ``src/analysis/data_exporter.py`` (CI):
 
-- one run (:func:`run_task`): the pretrained ResNet with a head (linear, U-Net or
-  YOLOv3), frozen or fine-tuned (frozen warm-up of ``warmup_steps`` steps at lr 1e-3
+- one run (:func:`run_task`): the pretrained image encoder with a head (linear, U-Net
+  or YOLOv3, from :data:`~lovt_keras.training.downstream_heads.DOWNSTREAM_HEADS`),
+  frozen or fine-tuned (frozen warm-up of ``warmup_steps`` steps at lr 1e-3
   first), Adam with weight decay 1e-6, ReduceLROnPlateau on the validation loss
   (factor 0.5, patience 3; frozen tasks only, see ``reduce_lr``), early stopping on the
   task's validation metric (patience 10, or the task's), the weights of the best
@@ -17,14 +18,17 @@ Official code: ``src/models/downstream/downstream_evaluation.py`` (a run),
   ``experiments/eval/*.gin``; every run and task summary is saved as JSON, so an
   interrupted evaluation resumes where it stopped.
 
-Encoders come from factories ``factory(image_size) -> ResNetImageEncoder`` that build a
-fresh encoder per run: :func:`from_checkpoint` (a saved ``ResNetImageEncoder`` or a
-pretraining run directory), :func:`random_init` and :func:`from_weights_file` (e.g.
-converted ImageNet weights; nothing is downloaded).
+Encoders come from factories ``factory(image_size) -> encoder`` that build a fresh
+encoder per run: :func:`from_checkpoint` (any saved image encoder, e.g. a
+``ResNetImageEncoder``, or a pretraining run directory), :func:`random_init` and
+:func:`from_weights_file` (a ResNet from e.g. converted ImageNet weights; nothing is
+downloaded). Beyond those factories, the code here relies only on the image encoder
+contract of :mod:`lovt_keras.models.encoder_contract`, so any backbone meeting it can be
+evaluated (a factory may be any ``image_size -> encoder`` callable).
 
-Frozen linear segmentation and frozen YOLOv3 detection take the cached-feature fast
-path of :mod:`lovt_keras.training.linear_probe` (same result, one encoder pass per image
-instead of one per image and epoch).
+Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation, YOLOv3)
+take the cached-feature fast path of :mod:`lovt_keras.training.linear_probe` (same
+result, one encoder pass per image instead of one per image and epoch).
 """
 
 from __future__ import annotations
@@ -48,33 +52,29 @@ from lovt_keras.data.downstream_batches import (
     downstream_splits,
 )
 from lovt_keras.files import json_default, write_json
-from lovt_keras.models.downstream import (
-    DetectionMetricsCallback,
-    DetectionTask,
-    SegmentationTask,
-    downstream_callbacks,
-    downstream_optimizer,
-    fit_with_warmup,
+from lovt_keras.models.detection_metrics_callback import DetectionMetricsCallback
+from lovt_keras.models.detection_task import DetectionTask
+from lovt_keras.models.downstream_recipe import downstream_callbacks, downstream_optimizer
+from lovt_keras.models.encoder_contract import (
+    check_image_encoder,
+    feature_shapes,
+    image_encoder_problems,
+    rebuild_image_encoder,
 )
 from lovt_keras.models.image_encoder import (
     STANDARD_WIDTH,
     ResNetImageEncoder,
     load_image_encoder_weights,
 )
-from lovt_keras.models.linear_segmentation import LinearSegmentationHead
-from lovt_keras.models.unet import UNetHead
-from lovt_keras.models.yolov3 import LOVT_ANCHORS, YOLOv3Head
+from lovt_keras.models.segmentation_task import SegmentationTask
+from lovt_keras.models.warmup import fit_with_warmup
+from lovt_keras.models.yolov3 import LOVT_ANCHORS
+from lovt_keras.training.cached_feature_batches import CachedFeatureBatches
 from lovt_keras.training.callbacks import SetDataEpoch
-from lovt_keras.training.linear_probe import (
-    CachedDetectionMetrics,
-    CachedDetectionTask,
-    CachedFeatureBatches,
-    CachedSegmentationTask,
-    FeatureStore,
-)
+from lovt_keras.training.downstream_heads import DOWNSTREAM_HEADS, downstream_head
+from lovt_keras.training.feature_store import FeatureStore
 
 SYNTHCXR = "synthcxr"
-HEADS = {"linear": SEGMENTATION, "unet": SEGMENTATION, "yolov3": DETECTION}
 METRICS = {SEGMENTATION: ("dice",), DETECTION: ("mAP", "froc")}
 # The official anchors are in 224-px units; smaller images scale them.
 ANCHOR_IMAGE_SIZE = 224
@@ -103,7 +103,8 @@ class EvalTask:
         dataset: a downstream dataset folder, or ``"synthcxr"`` (generated with
             ``dataset_options``).
         task_type: ``"segmentation"`` or ``"detection"`` (implied by ``head``).
-        head: ``"linear"``, ``"unet"`` or ``"yolov3"``.
+        head: a name in :data:`~lovt_keras.training.downstream_heads.DOWNSTREAM_HEADS`
+            (``"linear"``, ``"unet"``, ``"yolov3"``).
         frozen: frozen encoder (True) or fine-tuned (False).
         lr_grid: candidate learning rates (one value = no search).
         batch_size: training batch size.
@@ -160,11 +161,14 @@ class EvalTask:
         if self.classes is not None:
             self.classes = tuple(self.classes)
         where = f"EvalTask {self.name!r}"
-        if self.head not in HEADS:
-            raise ValueError(f"{where}: head must be one of {sorted(HEADS)}, got {self.head!r}")
-        if HEADS[self.head] != self.task_type:
+        if self.head not in DOWNSTREAM_HEADS:
             raise ValueError(
-                f"{where}: a {self.head} head is a {HEADS[self.head]} head, not {self.task_type}"
+                f"{where}: head must be one of {sorted(DOWNSTREAM_HEADS)}, got {self.head!r}"
+            )
+        head_type = DOWNSTREAM_HEADS[self.head].task_type
+        if head_type != self.task_type:
+            raise ValueError(
+                f"{where}: a {self.head} head is a {head_type} head, not {self.task_type}"
             )
         if self.metric not in METRICS[self.task_type]:
             raise ValueError(
@@ -232,7 +236,10 @@ def task_data(task: EvalTask, seed: int = 0) -> dict[str, DownstreamBatches]:
 
 
 class EncoderFactory:
-    """Builds a fresh image encoder per run: ``factory(image_size) -> ResNetImageEncoder``.
+    """Builds a fresh image encoder per run: ``factory(image_size) -> encoder``, an
+    encoder meeting :mod:`lovt_keras.models.encoder_contract` for square images of side
+    ``image_size``. Any such callable works; this base class adds the attributes below
+    (read with ``getattr`` and a default, so a plain function is a factory too).
 
     Attributes:
         description: what the encoder is (recorded with the results).
@@ -244,7 +251,7 @@ class EncoderFactory:
     description = "encoder"
     deterministic = True
 
-    def __call__(self, image_size: int) -> ResNetImageEncoder:
+    def __call__(self, image_size: int) -> keras.Model:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -260,45 +267,49 @@ class _RandomInit(EncoderFactory):
         suffix = "" if self.width == STANDARD_WIDTH else f" (width {self.width})"
         self.description = f"random init ResNet-{self.depth}{suffix}"
 
-    def __call__(self, image_size: int) -> ResNetImageEncoder:
+    def __call__(self, image_size: int) -> keras.Model:
         return ResNetImageEncoder(depth=self.depth, image_size=image_size, width=self.width)
 
 
 class _StoredWeights(EncoderFactory):
-    """Weights read once from a file, copied into every new encoder."""
+    """Weights read once from a file, copied into every new encoder.
+
+    The file is read on first use; every call rebuilds the stored architecture at the
+    task's image size from its ``get_config()`` (:func:`~lovt_keras.models.
+    encoder_contract.rebuild_image_encoder`) and copies the weights in.
+    """
 
     def __init__(self, path: str | os.PathLike, depth: int | None, kind: str):
         self.path = Path(path)
         self.depth = depth
-        self.input_channels = 1
-        self.width = STANDARD_WIDTH
         self.kind = kind
+        self._architecture: tuple[type, dict] | None = None
         self._weights: list[np.ndarray] | None = None
         self.description = f"{kind} {self.path}"
 
     def _load(self) -> None:
         if self.kind == "checkpoint":
-            loaded = keras.saving.load_model(str(self.path), compile=False)
-            if not isinstance(loaded, ResNetImageEncoder):
+            encoder = keras.saving.load_model(str(self.path), compile=False)
+            problems = image_encoder_problems(encoder)
+            if problems:
                 raise TypeError(
-                    f"{self.path}: holds a {type(loaded).__name__}, expected a saved "
-                    "ResNetImageEncoder (image_encoder.keras of a pretraining run); for "
-                    "other weights use from_weights_file"
+                    f"{self.path}: holds a {type(encoder).__name__} that is not an image "
+                    f"encoder ({'; '.join(problems)}); expected a saved image encoder such as "
+                    "the image_encoder.keras of a pretraining run (see lovt_keras.models."
+                    "encoder_contract); for ResNet weights use from_weights_file"
                 )
-            self.depth = loaded.depth
-            self.input_channels = loaded.input_channels
-            self.width = loaded.width
-            self._weights = loaded.get_weights()
         else:
+            # A weights file fits a ResNet of the given depth: build one to read it.
             encoder = ResNetImageEncoder(depth=self.depth, image_size=None)
             load_image_encoder_weights(encoder, str(self.path))
-            self._weights = encoder.get_weights()
+        self._architecture = (type(encoder), encoder.get_config())
+        self._weights = encoder.get_weights()
 
-    def __call__(self, image_size: int) -> ResNetImageEncoder:
+    def __call__(self, image_size: int) -> keras.Model:
         if self._weights is None:
             self._load()
-        encoder = ResNetImageEncoder(depth=self.depth, image_size=image_size,
-                                     input_channels=self.input_channels, width=self.width)
+        encoder_class, config = self._architecture
+        encoder = rebuild_image_encoder(encoder_class, config, image_size)
         encoder.set_weights(self._weights)
         return encoder
 
@@ -310,13 +321,14 @@ def random_init(depth: int = 50, width: int = STANDARD_WIDTH) -> EncoderFactory:
 
 
 def from_checkpoint(path: str | os.PathLike) -> EncoderFactory:
-    """The image encoder of a pretraining run.
+    """The image encoder of a pretraining run (or any saved image encoder).
 
     Args:
-        path: a saved ``ResNetImageEncoder`` (``.keras``) or a pretraining run directory
-            holding one as ``image_encoder.keras`` (written by ``lovt_keras.training.
-            pretrain``). Depth and weights come from the file; the image size is the
-            task's (the weights do not depend on it).
+        path: a saved image encoder (``.keras``; a ``ResNetImageEncoder`` or any class
+            meeting :mod:`lovt_keras.models.encoder_contract`) or a pretraining run
+            directory holding one as ``image_encoder.keras`` (written by
+            ``lovt_keras.training.pretrain``). Architecture and weights come from the
+            file; the image size is the task's (the weights do not depend on it).
     """
     from lovt_keras.training.pretrain import IMAGE_ENCODER_FILE
 
@@ -325,8 +337,8 @@ def from_checkpoint(path: str | os.PathLike) -> EncoderFactory:
         path = path / IMAGE_ENCODER_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no such encoder file (give a .keras ResNetImageEncoder or a pretraining "
-            f"run directory holding {IMAGE_ENCODER_FILE})"
+            f"{path}: no such encoder file (give a saved .keras image encoder or a "
+            f"pretraining run directory holding {IMAGE_ENCODER_FILE})"
         )
     return _StoredWeights(path, None, "checkpoint")
 
@@ -346,15 +358,9 @@ def from_weights_file(path: str | os.PathLike, depth: int = 50) -> EncoderFactor
 
 
 def build_head(task: EvalTask, num_classes: int) -> keras.layers.Layer:
-    """The task's head (``head_options`` passed on)."""
-    options = dict(task.head_options)
-    if task.head == "linear":
-        # The output size is explicit so the head also works on cached features.
-        options.setdefault("output_size", (task.image_size, task.image_size))
-        return LinearSegmentationHead(num_classes=num_classes, **options)
-    if task.head == "unet":
-        return UNetHead(num_classes=num_classes, **options)
-    return YOLOv3Head(num_classes=num_classes, **options)
+    """The task's head, built by its registry entry (``head_options`` passed on)."""
+    return downstream_head(task.head).build(num_classes, task.image_size,
+                                            **dict(task.head_options))
 
 
 def scaled_anchors(image_size: int) -> np.ndarray:
@@ -362,25 +368,17 @@ def scaled_anchors(image_size: int) -> np.ndarray:
     return np.asarray(LOVT_ANCHORS, np.float64) * (image_size / ANCHOR_IMAGE_SIZE)
 
 
-CACHEABLE_HEADS = ("linear", "yolov3")
-
-
 def uses_feature_cache(task: EvalTask) -> bool:
-    """Frozen linear segmentation and frozen YOLOv3 can run on cached encoder features
-    (the U-Net also reads the large conv1/conv2 maps and the images)."""
-    return task.frozen and task.head in CACHEABLE_HEADS
-
-
-def _head_layers(head: keras.layers.Layer) -> tuple[str, ...]:
-    layers = getattr(head, "feature_layers", None)
-    return tuple(layers) if layers is not None else (head.feature_layer,)
+    """Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation and
+    YOLOv3; the U-Net also reads the large conv1/conv2 maps and the images) can run on
+    cached encoder features."""
+    return task.frozen and downstream_head(task.head).cacheable
 
 
 def _feature_bytes(encoder: keras.Model, layers: Sequence[str], rows: int) -> int | None:
     """float32 bytes of ``layers`` for ``rows`` images (None if the shapes are not static)."""
     total = 0
-    for name in layers:
-        shape = tuple(encoder.output[name].shape[1:])
+    for shape in feature_shapes(encoder, layers).values():
         if any(s is None for s in shape):
             return None
         total += int(np.prod(shape)) * 4 * rows
@@ -451,6 +449,10 @@ def run_task(
     encoder = encoder_factory(task.image_size)
     keras.utils.set_random_seed(int(seed))
     head = build_head(task, data["train"].num_classes)
+    # What this run uses of the encoder: the maps its head reads (named, with the
+    # contract's strides); nothing else about the encoder is assumed.
+    check_image_encoder(encoder, downstream_head(task.head).feature_layers(head),
+                        rebuildable=False)
 
     own_store = feature_store is None
     store = FeatureStore() if own_store else feature_store
@@ -476,7 +478,7 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
                   use_feature_cache: bool | None, verbose: int) -> dict:
     """The body of :func:`run_task` after the data, encoder and head are built."""
     train, val, test = data["train"], data["validation"], data["test"]
-    layers = _head_layers(head) if uses_feature_cache(task) else ()
+    layers = downstream_head(task.head).feature_layers(head) if uses_feature_cache(task) else ()
     encoder_key = None if getattr(encoder_factory, "deterministic", False) else int(seed)
     keys_of = {
         split: (id(encoder_factory), encoder_key, b.name, b.num_rows, layers)
@@ -491,23 +493,19 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     image_size = (task.image_size, task.image_size)
     metric_kind = "map" if task.metric == "mAP" else "froc"
     if cached:
+        # The same task models, fed the frozen encoder's maps instead of the images.
         train, val, test = (
             CachedFeatureBatches(b, store.get(keys_of[s], encoder, b, layers))
             for s, b in data.items()
         )
-        if task.task_type == SEGMENTATION:
-            model = CachedSegmentationTask(encoder, head, feature_layers=layers)
-        else:
-            model = CachedDetectionTask(encoder, head, anchors=scaled_anchors(task.image_size),
-                                        image_size=image_size)
-            detection_callback = CachedDetectionMetrics(
-                val, metric=metric_kind, class_names=_class_names(data["train"])
-            )
-    elif task.task_type == SEGMENTATION:
-        model = SegmentationTask(encoder, head, frozen=task.frozen)
+    feature_inputs = layers if cached else None
+    if task.task_type == SEGMENTATION:
+        model = SegmentationTask(encoder, head, frozen=task.frozen,
+                                 feature_inputs=feature_inputs)
     else:
         model = DetectionTask(encoder, head, frozen=task.frozen,
-                              anchors=scaled_anchors(task.image_size), image_size=image_size)
+                              anchors=scaled_anchors(task.image_size), image_size=image_size,
+                              feature_inputs=feature_inputs)
         detection_callback = DetectionMetricsCallback(
             val, metric=metric_kind, class_names=_class_names(data["train"])
         )
@@ -535,7 +533,7 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     best = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
     val_metrics = {k[4:]: float(v[best]) for k, v in history.items() if k.startswith("val_")}
 
-    test_metrics = _test_metrics(task, model, test, _class_names(data["train"]), cached)
+    test_metrics = _test_metrics(task, model, test, _class_names(data["train"]))
     result = {
         "task": task.name,
         "task_config": task.to_dict(),
@@ -559,16 +557,15 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
 
 
 def _test_metrics(task: EvalTask, model: keras.Model, test: Any,
-                  class_names: list[str], cached: bool) -> dict[str, float]:
+                  class_names: list[str]) -> dict[str, float]:
     if task.task_type == SEGMENTATION:
         logs = _floats(model.evaluate(test, verbose=0, return_dict=True))
         per_class = np.asarray(keras.ops.convert_to_numpy(model.dice.per_class_result()))
         out = {"dice": logs["dice"], "loss": logs["loss"]}
         out.update({f"dice/{name}": float(v) for name, v in zip(class_names, per_class)})
         return out
-    scorer = CachedDetectionMetrics if cached else DetectionMetricsCallback
-    callback = scorer(test, metric="map" if task.metric == "mAP" else "froc",
-                      class_names=class_names)
+    callback = DetectionMetricsCallback(test, metric="map" if task.metric == "mAP" else "froc",
+                                        class_names=class_names)
     return {k: float(v) for k, v in callback.compute(model).items()}
 
 

@@ -305,6 +305,46 @@ def test_tasks_keras_round_trip():
     assert loaded.matching == "yolov3" and loaded.image_size == (64, 64)
 
 
+def test_tasks_on_cached_feature_maps_are_the_same_models():
+    """``feature_inputs``: the head reads the frozen encoder's maps from the batch."""
+    keras.utils.set_random_seed(0)
+    encoder = tiny_encoder()
+    batch = segmentation_batch()
+    maps = {k: to_numpy(v) for k, v in encoder(batch[keys.IMAGES], training=False).items()}
+    head = LinearSegmentationHead(2, output_size=(64, 64))
+    task = SegmentationTask(encoder, head, feature_inputs=("conv5",))
+    cached = {"conv5": maps["conv5"], MASKS: batch[MASKS]}
+    expected = to_numpy(task(cached))
+    np.testing.assert_allclose(expected, to_numpy(SegmentationTask(encoder, head)(batch)),
+                               atol=1e-5)
+    assert "feature_inputs" not in SegmentationTask(encoder, head).get_config()
+    loaded = saved_and_loaded(task)
+    assert type(loaded) is SegmentationTask and loaded.feature_inputs == ("conv5",)
+    assert loaded.frozen and loaded.input_keys == ("conv5",)
+    np.testing.assert_allclose(to_numpy(loaded(cached)), expected, atol=1e-5)
+    with pytest.raises(KeyError, match="conv5"):
+        task.compute_loss(batch, None, expected)
+    # Training moves the head only; the encoder is not even run.
+    encoder_before, head_before = snapshot(encoder), snapshot(head)
+    task.compile(optimizer=downstream_optimizer(1e-2))
+    task.fit(cached, batch_size=2, epochs=1, verbose=0, shuffle=False)
+    assert changed(encoder_before, encoder) == set()
+    assert changed(head_before, head) == set(head_before)
+    # Detection on cached maps needs the image size for the anchor strides.
+    yolo = YOLOv3Head(2, filters=(8, 8, 8))
+    detection = DetectionTask(encoder, yolo, feature_inputs=yolo.feature_layers,
+                              image_size=(64, 64))
+    boxes = detection_batch()
+    maps = encoder(boxes[keys.IMAGES], training=False)
+    on_maps = detection({name: to_numpy(maps[name]) for name in yolo.feature_layers})
+    on_images = DetectionTask(encoder, yolo)(boxes)
+    for name in on_images:
+        np.testing.assert_allclose(to_numpy(on_maps[name]), to_numpy(on_images[name]), atol=1e-5)
+    assert saved_and_loaded(detection).feature_inputs == ("conv5", "conv4", "conv3")
+    with pytest.raises(ValueError, match="runs on images"):
+        detection.predict_boxes(boxes[keys.IMAGES])
+
+
 def test_recipe_helpers():
     optimizer = downstream_optimizer(3e-4)
     assert isinstance(optimizer, keras.optimizers.Adam)

@@ -6,8 +6,23 @@ import keras
 import numpy as np
 import pytest
 
+from lovt_keras import keys
 from lovt_keras.models import ResNetImageEncoder
+from lovt_keras.models.encoder_contract import (
+    FEATURE_NAMES,
+    check_image_encoder,
+    describe_encoder,
+)
+from lovt_keras.models.linear_segmentation import LinearSegmentationHead
+from lovt_keras.models.unet import UNetHead
+from lovt_keras.models.yolov3 import YOLOv3Head
 from lovt_keras.training import evaluation as ev
+from lovt_keras.training.downstream_heads import (
+    DOWNSTREAM_HEADS,
+    DownstreamHead,
+    downstream_head,
+    register_downstream_head,
+)
 from lovt_keras.training.tasks import synth_task
 
 SIZES = dict(num_train=12, num_validation=6, num_test=6, seed=1)
@@ -165,6 +180,28 @@ def test_task_definitions_are_checked():
     assert task.lr_grid == (1.0, 2e-3) and task.monitor == "val_dice" and task.column == "t"
 
 
+def test_heads_come_from_one_registry():
+    assert {name: head.task_type for name, head in DOWNSTREAM_HEADS.items()} == {
+        "linear": "segmentation", "unet": "segmentation", "yolov3": "detection"}
+    assert [name for name, head in DOWNSTREAM_HEADS.items() if head.cacheable] == [
+        "linear", "yolov3"]
+    linear = ev.build_head(_task(image_size=64, head_options=dict(feature_layer="conv4")), 2)
+    assert isinstance(linear, LinearSegmentationHead) and linear.output_size == (64, 64)
+    assert (linear.num_classes, linear.feature_layer) == (2, "conv4")
+    assert DOWNSTREAM_HEADS["linear"].feature_layers(linear) == ("conv4",)
+    assert DOWNSTREAM_HEADS["unet"].feature_layers(UNetHead(1)) == FEATURE_NAMES[::-1]
+    assert DOWNSTREAM_HEADS["yolov3"].feature_layers(YOLOv3Head(1)) == ("conv5", "conv4", "conv3")
+    assert ev.uses_feature_cache(_task()) and not ev.uses_feature_cache(_task(head="unet"))
+    with pytest.raises(ValueError, match="the heads are"):
+        downstream_head("fpn")
+    with pytest.raises(ValueError, match="head must be one of"):
+        _task(head="fpn")
+    with pytest.raises(ValueError, match="already registered"):
+        register_downstream_head("linear", DOWNSTREAM_HEADS["linear"])
+    with pytest.raises(ValueError, match="task_type"):
+        DownstreamHead(build=UNetHead, task_type="classification", feature_layers=tuple)
+
+
 def test_anchors_scale_with_the_image_size():
     from lovt_keras.models.yolov3 import LOVT_ANCHORS
 
@@ -220,6 +257,85 @@ def test_random_init_follows_the_global_seed():
 # --------------------------------------------------------------------------------------
 # End to end on SynthCXR
 # --------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="lovt_keras_tests")
+class PlainConvEncoder(keras.Model):
+    """A backbone that is not a ResNet but meets the image encoder contract: five
+    stride-2 conv + BatchNorm + ReLU stages named conv1..conv5, an ``image_size``, a
+    ``get_config`` of its constructor arguments, registered for loading."""
+
+    def __init__(self, image_size=64, widths=(4, 4, 6, 8, 16), **kwargs):
+        images = keras.Input((image_size, image_size, 1), name=keys.IMAGES)
+        x, outputs = images, {}
+        for name, width in zip(FEATURE_NAMES, widths):
+            x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False,
+                                    name=f"{name}_conv")(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            outputs[name] = keras.layers.ReLU(name=f"{name}_relu")(x)
+            x = outputs[name]
+        super().__init__(images, outputs, **kwargs)
+        self.image_size = image_size
+        self.widths = tuple(int(w) for w in widths)
+
+    def get_config(self):
+        return {"image_size": self.image_size, "widths": list(self.widths), "name": self.name,
+                "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_a_new_backbone_and_a_new_head_plug_into_the_evaluation(tmp_path):
+    """No evaluation code names the backbone or the head: the contract and one registry
+    entry suffice. A saved PlainConvEncoder is rebuilt per run at the task's size, and a
+    linear probe on its conv4 map trains on cached features and on the images alike."""
+    keras.utils.set_random_seed(3)
+    encoder = PlainConvEncoder(image_size=48)
+    check_image_encoder(encoder)
+    assert describe_encoder(encoder) == "PlainConvEncoder"
+    (tmp_path / "run").mkdir()
+    encoder.save(tmp_path / "run" / "image_encoder.keras")
+    factory = ev.from_checkpoint(tmp_path / "run")
+    rebuilt = factory(64)
+    assert type(rebuilt) is PlainConvEncoder and rebuilt.image_size == 64
+    assert _same_weights(rebuilt, encoder)
+    register_downstream_head("linear_conv4", DownstreamHead(
+        build=lambda num_classes, image_size, **options: LinearSegmentationHead(
+            num_classes, feature_layer="conv4", output_size=(image_size, image_size), **options),
+        task_type="segmentation", feature_layers=lambda head: (head.feature_layer,),
+        cacheable=True,
+    ))
+    try:
+        task = synth_task("synth_opacity_linear_100", image_size=64, batch_size=4, max_epochs=2,
+                          lr_grid=(1e-2,), head="linear_conv4",
+                          dataset_options=dict(SIZES, cache_dir=str(tmp_path / "c")))
+        results = {cached: ev.run_task(task, factory, 1e-2, seed=0, use_feature_cache=cached)
+                   for cached in (True, False)}
+    finally:
+        DOWNSTREAM_HEADS.pop("linear_conv4")
+    assert results[True]["cached_features"] and not results[False]["cached_features"]
+    for split in ("val", "test"):
+        for name, value in results[True][split].items():
+            np.testing.assert_allclose(value, results[False][split][name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{split} {name}")
+    assert 0.0 <= results[True]["test_metric"] <= 1.0 and results[True]["epochs"] == 2
+    assert results[True]["encoder"] == f"checkpoint {tmp_path / 'run' / 'image_encoder.keras'}"
+
+
+def test_an_encoder_without_the_heads_maps_is_refused(tmp_path):
+    images = keras.Input((64, 64, 1))
+    conv5 = keras.layers.Conv2D(4, 3, strides=32, padding="same")(images)
+    only_conv5 = keras.Model(images, {"conv5": conv5})
+    task = synth_task("synth_opacity_yolov3_frozen_100", image_size=64, batch_size=4,
+                      max_epochs=1, dataset_options=dict(SIZES, cache_dir=str(tmp_path / "c")))
+    with pytest.raises(TypeError, match=r"no feature map\(s\) \['conv4', 'conv3'\]"):
+        ev.run_task(task, lambda image_size: only_conv5, 1e-3, seed=0)
+    saved = tmp_path / "not_an_encoder.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(saved)
+    with pytest.raises(TypeError, match="not an image encoder"):
+        ev.from_checkpoint(saved)(64)
 
 
 def test_evaluate_task_end_to_end_on_a_tiny_synthcxr(tmp_path):

@@ -10,12 +10,9 @@ from lovt_keras.data.downstream_batches import MASKS, downstream_splits
 from lovt_keras.data.synthcxr import load_synthcxr, synthcxr_dir
 from lovt_keras.models.image_encoder import FEATURE_NAMES
 from lovt_keras.models.linear_segmentation import LinearSegmentationHead
+from lovt_keras.models.segmentation_task import SegmentationTask
 from lovt_keras.training.evaluation import run_task
-from lovt_keras.training.linear_probe import (
-    CachedFeatureBatches,
-    CachedSegmentationTask,
-    FeatureStore,
-)
+from lovt_keras.training.linear_probe import CachedFeatureBatches, FeatureStore
 from lovt_keras.training.tasks import synth_task
 
 SIZES = dict(num_train=12, num_validation=6, num_test=6, image_size=64, seed=1)
@@ -107,12 +104,24 @@ def test_feature_store_spills_to_memory_maps_beyond_its_budget(folder, encoder):
 
 
 def test_cached_task_needs_its_feature_maps(encoder):
-    task = CachedSegmentationTask(encoder, LinearSegmentationHead(1, output_size=(64, 64)))
-    assert task.frozen and not encoder.trainable
-    logits = task({"conv5": np.zeros((2, 2, 2, 16), np.float32)})
+    head = LinearSegmentationHead(1, output_size=(64, 64))
+    task = SegmentationTask(encoder, head, feature_inputs=["conv5"])
+    assert task.frozen and not encoder.trainable and task.input_keys == ("conv5",)
+    conv5 = np.random.default_rng(0).normal(size=(2, 2, 2, 16)).astype(np.float32)
+    logits = task({"conv5": conv5})
     assert tuple(logits.shape) == (2, 64, 64, 1)
+    # The head on the maps equals the head on the images' maps (same head object).
+    on_images = SegmentationTask(encoder, head)
+    images = np.random.default_rng(1).normal(size=(2, 64, 64, 1)).astype(np.float32)
+    maps = keras.ops.convert_to_numpy(encoder(images, training=False)["conv5"])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(task({"conv5": maps})),
+                               keras.ops.convert_to_numpy(on_images(images)), atol=1e-5)
     with pytest.raises(KeyError, match="no feature map"):
         task({keys.IMAGES: np.zeros((2, 64, 64, 1), np.float32)})
+    with pytest.raises(ValueError, match="frozen"):
+        SegmentationTask(encoder, head, frozen=False, feature_inputs=("conv5",))
+    with pytest.raises(ValueError, match="stays frozen"):
+        task.frozen = False
     encoder.trainable = True
 
 
@@ -183,22 +192,26 @@ def test_cache_is_skipped_when_it_does_not_fit_the_budget(folder):
 
 
 def test_cached_detection_metrics_equal_the_image_path(folder, encoder):
-    from lovt_keras.models.downstream import DetectionMetricsCallback, DetectionTask
+    from lovt_keras.models.detection_metrics_callback import DetectionMetricsCallback
+    from lovt_keras.models.detection_task import DetectionTask
     from lovt_keras.models.yolov3 import YOLOv3Head
     from lovt_keras.training.evaluation import scaled_anchors
-    from lovt_keras.training.linear_probe import CachedDetectionMetrics, CachedDetectionTask
 
     base = downstream_splits(folder, "detection", batch_size=3)["test"]
     features = FeatureStore().get(0, encoder, base, ["conv3", "conv4", "conv5"])
     head = YOLOv3Head(base.num_classes, filters=(8, 8, 8))
     common = dict(anchors=scaled_anchors(64), image_size=(64, 64))
     on_images = DetectionTask(encoder, head, frozen=True, **common)
-    on_features = CachedDetectionTask(encoder, head, **common)
+    on_features = DetectionTask(encoder, head, feature_inputs=head.feature_layers, **common)
+    assert on_features.image_size_of({}) == (64, 64)
+    with pytest.raises(ValueError, match="image_size"):
+        DetectionTask(encoder, head, feature_inputs=head.feature_layers)
     for metric in ("map", "froc"):
         # Threshold 0: every prediction survives to NMS, so the mAP is non-trivial.
+        # One callback class scores both: the model reads the entries it needs.
         want = DetectionMetricsCallback(base, metric=metric, conf_threshold=0.0).compute(on_images)
-        got = CachedDetectionMetrics(CachedFeatureBatches(base, features), metric=metric,
-                                     conf_threshold=0.0).compute(on_features)
+        got = DetectionMetricsCallback(CachedFeatureBatches(base, features), metric=metric,
+                                       conf_threshold=0.0).compute(on_features)
         assert got.keys() == want.keys()
         assert metric == "froc" or want["mAP@0.5"] > 0
         for name in want:
