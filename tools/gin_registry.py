@@ -67,20 +67,6 @@ def run(program=gin.REQUIRED, model=gin.REQUIRED, train_data=gin.REQUIRED,
     return RunSpec(program, model, train_data, validation_data)
 
 
-def resnet_image_encoder(depth: int = 50, image_size: int = 224, input_channels: int = 1,
-                         weights: str | None = None, width: int = 64):
-    """A ``ResNetImageEncoder``, optionally initialized from a local weights file (e.g.
-    converted ImageNet weights; nothing is downloaded); ``width`` < 64 builds a narrower
-    ResNet (first-stage filters)."""
-    from lovt_keras.models import ResNetImageEncoder, load_image_encoder_weights
-
-    encoder = ResNetImageEncoder(depth=depth, image_size=image_size,
-                                 input_channels=input_channels, width=width)
-    if weights:
-        load_image_encoder_weights(encoder, weights)
-    return encoder
-
-
 def _strict_factory(target: Callable, name: str) -> Callable:
     """A function with ``target``'s explicit parameters that calls ``target``."""
     signature = inspect.signature(target)
@@ -172,6 +158,7 @@ def _registrations() -> dict[str, Callable]:
         ResNetImageEncoder,
         bert_backbone_from_folder,
         minilm_folder,
+        resnet_image_encoder,
     )
     from lovt_keras.training import data, evaluation_program
     from lovt_keras.training.pretrain import pretrain

@@ -15,6 +15,7 @@ from lovt_keras.models.image_encoder import (
     ResNetImageEncoder,
     flatten_regions,
     load_image_encoder_weights,
+    resnet_image_encoder,
 )
 from lovt_keras.models.linear_segmentation import LinearSegmentationHead
 from lovt_keras.models.lovt_pretrainer import LOSS_NAMES, VARIANTS, LoVTPretrainer
@@ -69,6 +70,7 @@ __all__ = [
     "bert_backbone_from_folder",
     "flatten_regions",
     "load_image_encoder_weights",
+    "resnet_image_encoder",
     "minilm_folder",
     "sentence_max_pool",
 ]

@@ -250,3 +250,19 @@ def load_image_encoder_weights(encoder: ResNetImageEncoder, path: str) -> None:
         encoder.load_weights(path)
     except ValueError:
         encoder.backbone.load_weights(path)
+
+
+def resnet_image_encoder(depth: int = 50, image_size: int | None = 224,
+                         input_channels: int = 1, weights: str | None = None,
+                         width: int = STANDARD_WIDTH) -> ResNetImageEncoder:
+    """A ``ResNetImageEncoder``, optionally initialized from a local weights file (see
+    :func:`load_image_encoder_weights`; e.g. converted ImageNet weights, nothing is
+    downloaded); ``width`` < 64 builds a narrower ResNet (first-stage filters). The gin
+    name ``lovt.resnet_image_encoder`` and the evaluation's weights-file encoders use it.
+    """
+    encoder = ResNetImageEncoder(depth=depth, image_size=image_size,
+                                 input_channels=input_channels, width=width)
+    if weights:
+        load_image_encoder_weights(encoder, str(weights))
+    return encoder
+

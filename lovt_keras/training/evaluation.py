@@ -64,7 +64,7 @@ from lovt_keras.models.encoder_contract import (
 from lovt_keras.models.image_encoder import (
     STANDARD_WIDTH,
     ResNetImageEncoder,
-    load_image_encoder_weights,
+    resnet_image_encoder,
 )
 from lovt_keras.models.segmentation_task import SegmentationTask
 from lovt_keras.models.warmup import fit_with_warmup
@@ -300,8 +300,7 @@ class _StoredWeights(EncoderFactory):
                 )
         else:
             # A weights file fits a ResNet of the given depth: build one to read it.
-            encoder = ResNetImageEncoder(depth=self.depth, image_size=None)
-            load_image_encoder_weights(encoder, str(self.path))
+            encoder = resnet_image_encoder(self.depth, image_size=None, weights=str(self.path))
         self._architecture = (type(encoder), encoder.get_config())
         self._weights = encoder.get_weights()
 

@@ -53,8 +53,8 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
         train_data: the tasks (``lovt.run.train_data = @lovt.paper_tasks``).
         val_data: unused (the tasks bring their splits); must be None.
         output_dir: run directory; results under ``<output_dir>/<method>/<task>/``, the
-            table as ``<output_dir>/<table_name>.csv`` and ``.md``, the task summaries
-            as ``<table_name>.json``.
+            table as ``<output_dir>/<table_name>.csv`` and ``.md`` (both paths are
+            printed after the table), the task summaries as ``<table_name>.json``.
         verbose: progress lines per task when > 0.
         seeds: runs at the selected learning rate (5 in the paper).
         table_name: file stem of the table.
@@ -90,6 +90,10 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
 
         write_json(Path(output_dir) / f"{table_name}.json", compact)
     print(to_markdown(table), end="", file=sys.stdout, flush=True)
+    if paths is not None:
+        csv_path, md_path = paths
+        print(f"table written to {md_path} and {csv_path}; every task's runs are in "
+              f"{Path(output_dir)}/<method>/<task>/", file=sys.stdout, flush=True)
     return EvaluationResult(results, table, paths)
 
 
@@ -245,6 +249,7 @@ def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds
         folder); empty when everything can be built.
     """
     from lovt_keras.data.downstream_batches import DownstreamDataError
+    from lovt_keras.models import describe_encoder
     from lovt_keras.training.evaluation import DETECTION, dataset_folder, task_data
 
     problems = []
@@ -261,8 +266,8 @@ def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds
             log(f"  {name}: {getattr(factory, 'description', factory)}: ERROR {error}")
             continue
         description = str(getattr(factory, "description", factory))
-        architecture = f"ResNet-{encoder.depth}"
-        if architecture not in description:  # e.g. a checkpoint: its depth is in the file
+        architecture = describe_encoder(encoder)
+        if architecture not in description:  # e.g. a checkpoint: its architecture is in the file
             description += f": {architecture}"
         log(f"  {name}: {description}, {encoder.count_params():,} parameters")
         del encoder
