@@ -143,14 +143,14 @@ def paper_tasks(numbers: Sequence[int] | None = None,
             ``lovt.paper_tasks.folders = {'siim': %SIIM_DATA}``.
         overrides: ``EvalTask`` fields set on every task (e.g. ``{'max_epochs': 1}``).
     """
-    from lovt_keras.training.tasks import PAPER_TASKS, paper_task
+    from lovt_keras.training.tasks import DATASET_KEYS, PAPER_TASKS, paper_task
 
     folders = dict(folders or {})
     chosen = sorted(PAPER_TASKS) if numbers is None else [int(n) for n in numbers]
-    known = sorted({task.dataset for task in PAPER_TASKS.values()})
-    unknown = sorted(set(folders) - set(known))
+    unknown = sorted(set(folders) - set(DATASET_KEYS))
     if unknown:
-        raise ValueError(f"lovt.paper_tasks.folders names {unknown}; the datasets are {known}")
+        raise ValueError(f"lovt.paper_tasks.folders names {unknown}; the datasets are "
+                         f"{list(DATASET_KEYS)}")
     tasks = []
     for number in chosen:
         if number not in PAPER_TASKS:

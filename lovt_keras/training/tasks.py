@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from lovt_keras.training.evaluation import SYNTHCXR, EvalTask
 
@@ -158,18 +158,6 @@ def paper_task(number: int, dataset: str | os.PathLike, **overrides) -> EvalTask
     if number not in PAPER_TASKS:
         raise ValueError(f"no paper task {number}; the tasks are numbered 1-18")
     return dataclasses.replace(PAPER_TASKS[number], dataset=os.fspath(dataset), **overrides)
-
-
-def paper_tasks(datasets: Mapping[str, str | os.PathLike],
-                numbers: Sequence[int] | None = None) -> list[EvalTask]:
-    """The paper tasks (all, or ``numbers``) whose dataset folder is in ``datasets``
-    (keys ``rsna``, ``covid_rural``, ``siim``, ``object_cxr``, ``nih``)."""
-    unknown = sorted(set(datasets) - set(DATASET_KEYS))
-    if unknown:
-        raise ValueError(f"unknown dataset keys {unknown}; expected some of {DATASET_KEYS}")
-    chosen = sorted(PAPER_TASKS) if numbers is None else list(numbers)
-    return [paper_task(n, datasets[PAPER_TASKS[n].dataset]) for n in chosen
-            if PAPER_TASKS[n].dataset in datasets]
 
 
 # --------------------------------------------------------------------------------------
