@@ -9,12 +9,14 @@ experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
 ``lovt.pretrain``), a model and the data; or ``lovt.study``, which runs a sequence of
 pretrainings and their evaluation, each as a run of this program (see
 ``lovt_keras.training.study``).
-``--backend`` sets ``KERAS_BACKEND`` before Keras is imported. ``--dry_run`` builds the
-model and the data, runs one batch through the model, prints the summary and exits
-without writing anything (a study prints every command it would run); for the evaluation
-program (``lovt.evaluate``) it builds every encoder and every task's data and prints the
-encoders, each task's recipe and split sizes, or the dataset folders that are missing
-(exit code 2).
+``--backend`` sets ``KERAS_BACKEND`` before Keras is imported (``$KERAS_BACKEND`` must
+name one of ``BACKENDS``). ``--dry_run`` builds the model and the data, runs one batch
+through the model, prints the summary and exits without writing a run directory (a
+study prints every command it would run); building the data generates SynthCXR into its
+cache on first use, as a real run would, and the dry run names the folders it
+generated. For the evaluation program (``lovt.evaluate``) it builds every encoder and
+every task's data and prints the encoders, each task's recipe and split sizes, or the
+dataset folders that are missing (exit code 2).
 
 A run directory (``--output_dir``, default ``runs/<name of the last --gin file>``)
 holds ``config.gin`` (the parsed configuration), ``operative_config.gin`` (the values
@@ -22,7 +24,14 @@ actually used), ``command.txt``, ``run_info.json`` (package versions, backend, d
 git commit and whether the tree was dirty, seed), ``metrics.jsonl``, TensorBoard logs,
 checkpoints and the exported encoders. A non-empty directory is refused unless
 ``--overwrite`` is given or it holds a run of the same configuration, which is then
-resumed from its last checkpoint (rerun the same command after an interruption).
+resumed from its last checkpoint (rerun the same command after an interruption). A run
+directory belongs to the backend that made it: another backend is refused. Rerunning a
+finished run changes nothing (not even ``run_info.json``) and says so.
+
+TensorFlow prints start-up lines on every import, even with ``TF_CPP_MIN_LOG_LEVEL=3``
+(which this program sets unless it is set): they are logged before TensorFlow reads its
+log level. The program imports Keras with those known lines dropped from stderr (see
+``_quiet_framework_import``); everything else TensorFlow prints passes through.
 
 ``main(argv)`` returns the exit code: 0 done, 1 the run failed, 2 a usage or
 configuration error (reported as ``FILE:LINE: message`` with the closest valid names).
@@ -31,6 +40,7 @@ configuration error (reported as ``FILE:LINE: message`` with the closest valid n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import difflib
 import importlib.metadata
@@ -43,6 +53,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import tokenize
 from pathlib import Path
 
@@ -90,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         _select_backend(args.backend)
+        _quiet_framework_import()
         spec = configure(args.gin, args.bind)
         if args.dry_run:
             return _dry_run(spec, args)
         output_dir = Path(args.output_dir or Path(RUNS_DIR) / Path(args.gin[-1]).stem)
         resuming = prepare_output_dir(output_dir, _config_text(), args.overwrite)
+        if resuming and _check_previous_run(output_dir):
+            return 0
         _write_run_files(output_dir, argv, resuming)
         train_data, val_data = _build_data(spec)
         _write_operative_config(output_dir)
@@ -113,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _select_backend(backend: str | None) -> None:
     if backend is None:
+        current = os.environ.get("KERAS_BACKEND")
+        if current and current not in BACKENDS and "keras" not in sys.modules:
+            raise ConfigError(
+                f"KERAS_BACKEND={current} is not a backend of lovt_keras; use one of "
+                f"{', '.join(BACKENDS)} (e.g. KERAS_BACKEND=jax, or --backend jax)"
+            )
         return
     if "keras" in sys.modules:
         import keras
@@ -125,6 +145,71 @@ def _select_backend(backend: str | None) -> None:
                 "(run python -m tools.run in a new process)"
             )
     os.environ["KERAS_BACKEND"] = backend
+
+
+# TensorFlow's lines logged before it reads TF_CPP_MIN_LOG_LEVEL (absl's pre-init
+# logging), printed at every import. Only INFO lines, and "GPU will not be used" only
+# where the machine has no NVIDIA device (with one, it says why a GPU is not used).
+_STARTUP_NOISE = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\. .*",
+)
+_NO_GPU_NOISE = (
+    r"I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your "
+    r"machine, GPU will not be used\.",
+)
+
+
+def _startup_noise() -> re.Pattern | None:
+    """The stderr lines to drop while Keras is imported, or None to drop nothing (the
+    user asked for TensorFlow's INFO logs with ``TF_CPP_MIN_LOG_LEVEL=0``)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+        return None
+    patterns = list(_STARTUP_NOISE)
+    if not list(Path("/dev").glob("nvidia*")):
+        patterns += _NO_GPU_NOISE
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: re.Pattern):
+    """Runs the body with file descriptor 2 (what C++ code writes to) piped through a
+    thread that forwards every line except those matching ``noise``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not noise.fullmatch(line.decode("utf-8", "replace").rstrip("\r\n")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's write end: the thread reads to the end
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            os.close(saved)
+
+
+def _quiet_framework_import() -> None:
+    """Imports Keras and keras-hub (which imports TensorFlow on every backend) with
+    TensorFlow's start-up noise dropped (``_startup_noise``); nothing else is hidden."""
+    if "keras" in sys.modules:
+        return
+    noise = _startup_noise()
+    if noise is None:
+        return
+    with _stderr_without(noise):
+        import keras  # noqa: F401
+        import keras_hub  # noqa: F401
 
 
 # --------------------------------------------------------------------------- gin
@@ -196,7 +281,7 @@ def configure(files: list[str], bindings: list[str]):
         try:
             gin.parse_config(binding)
         except Exception as error:
-            raise ConfigError(_explain(error, f"--bind {binding!r}")) from None
+            raise ConfigError(_explain(error, f"--bind {binding!r}", binding=binding)) from None
     _check_macros(files, bindings)
     try:
         return gin_registry.configured_run()
@@ -214,8 +299,9 @@ _UNKNOWN_PARAMETER = re.compile(
 )
 
 
-def _explain(error: Exception, origin: str) -> str:
-    """``FILE:LINE: what is wrong; did you mean ...?`` for a gin parse error."""
+def _explain(error: Exception, origin: str, binding: str | None = None) -> str:
+    """``FILE:LINE: what is wrong; did you mean ...?`` for a gin parse error (``binding``:
+    the text of the ``--bind`` that failed; None for a file)."""
     from tools import gin_registry
 
     message = str(error)
@@ -223,7 +309,8 @@ def _explain(error: Exception, origin: str) -> str:
     match = _LOCATION.search(message)
     if match:
         location = f"{match.group('file')}:{match.group('line')}"
-    elif isinstance(error, SyntaxError) and error.lineno and not _BINDING_LOCATION.search(message):
+    elif (isinstance(error, SyntaxError) and error.lineno and binding is None
+          and not _BINDING_LOCATION.search(message)):
         location = f"{error.filename or origin}:{error.lineno}"
     names = sorted(gin_registry.REGISTERED)
 
@@ -239,7 +326,9 @@ def _explain(error: Exception, origin: str) -> str:
         return (f"{location}: '{configurable}' has no parameter '{param}'"
                 f"{_did_you_mean(param, options, quote='')}")
     if isinstance(error, SyntaxError):
-        return f"{location}: syntax error: {getattr(error, 'msg', message)}"
+        hint = _quote_hint(error, origin, binding)
+        text = getattr(error, "msg", message)
+        return f"{location}: syntax error: {text.rstrip('.') if hint else text}{hint}"
     if isinstance(error, tokenize.TokenError):
         # ('EOF in multi-line statement', (row, col)): a bracket or string left open.
         row = error.args[1][0] if len(error.args) > 1 else "?"
@@ -248,6 +337,32 @@ def _explain(error: Exception, origin: str) -> str:
         return f"{location}: {message.splitlines()[0]}"
     first = message.splitlines()[0] if message else type(error).__name__
     return f"{location}: {type(error).__name__}: {first}"
+
+
+_UNQUOTED = re.compile(r"^\s*(?P<name>[\w./%@]+)\s*=\s*(?P<value>[^'\"\s\[({=][^#]*?)\s*$")
+
+
+def _quote_hint(error: SyntaxError, origin: str, binding: str | None) -> str:
+    """For "Unable to parse value" on ``NAME = text`` (gin values are Python literals, so
+    an unquoted path or word is not one): the line with the value quoted."""
+    if "Unable to parse value" not in str(error):
+        return ""
+    lines = (binding if binding is not None else _read_text(origin)).splitlines()
+    number = error.lineno or 1
+    match = _UNQUOTED.match(lines[number - 1]) if 0 < number <= len(lines) else None
+    if match is None:
+        return ""
+    quoted = f"{match.group('name')} = {match.group('value')!r}"
+    if binding is not None:
+        return f" (gin values are Python literals: quote strings, --bind \"{quoted}\")"
+    return f" (gin values are Python literals: quote strings, {quoted})"
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _candidates(name: str, names: list[str]) -> list[str]:
@@ -363,6 +478,34 @@ def prepare_output_dir(output_dir: Path, config_text: str, overwrite: bool) -> b
             return True
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / CONFIG_FILE).write_text(config_text)
+    return False
+
+
+def _check_previous_run(output_dir: Path) -> bool:
+    """Before resuming the run in ``output_dir``: True (after saying so) when it has
+    finished, so there is nothing to do and nothing is written.
+
+    Raises:
+        ConfigError: the run was made with another Keras backend.
+    """
+    import keras
+
+    info_path = output_dir / RUN_INFO_FILE
+    if not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    backend = keras.backend.backend()
+    if info.get("backend") not in (None, backend):
+        state = "finished run" if "finished" in info else "run"
+        raise ConfigError(
+            f"--output_dir {output_dir} holds a {state} made with the {info['backend']} "
+            f"backend, this command uses {backend}; use another --output_dir, or "
+            f"--overwrite to replace it with a {backend} run"
+        )
+    if "finished" in info:
+        print(f"{output_dir}: this run finished on {info['finished']}; nothing to do (its "
+              "outputs are there; --overwrite runs it again)", flush=True)
+        return True
     return False
 
 
@@ -494,7 +637,8 @@ def _build_data(spec):
         train_data = spec.train_data() if spec.train_data is not None else None
         val_data = spec.validation_data() if spec.validation_data is not None else None
     except (MissingValueError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from None
+        # gin appends "In call to configurable ..." lines; the first part says it all.
+        raise ConfigError(str(error).split("\n  In call to configurable")[0]) from None
     return train_data, val_data
 
 
@@ -511,13 +655,48 @@ def build_model(spec):
 def _dry_run(spec, args) -> int:
     import keras
 
-    from lovt_keras.training.pretrain import check_batch_fits_model
-
     if _is_study(spec):
         output_dir = args.output_dir or Path(RUNS_DIR) / Path(args.gin[-1]).stem
         spec.program(model=None, train_data=None, val_data=None, output_dir=output_dir,
                      verbose=1, dry_run=True)
         return 0
+    caches = _synthcxr_caches()
+    cached = _folders_in(caches)
+    try:
+        _dry_run_model_and_data(spec)
+    finally:
+        generated = sorted(_folders_in(caches) - cached)
+        if generated:
+            print("generated SynthCXR into its cache (first use; later runs read it):\n  "
+                  + "\n  ".join(str(folder) for folder in generated), flush=True)
+    print(f"backend: {keras.backend.backend()}")
+    print("run_info:", json.dumps(run_info(), default=str))
+    print("dry run OK: no run directory written")
+    return 0
+
+
+def _synthcxr_caches() -> set[Path]:
+    """The SynthCXR cache folders this configuration may generate into (the default one
+    and any bound ``cache_dir``)."""
+    from lovt_keras.data.synthcxr import synthcxr_dir
+    from tools.gin_registry import bound_value
+
+    bound = [bound_value(f"lovt.{name}.cache_dir", default=None)
+             for name in ("synthcxr_folder", "synth_tasks")]
+    return {synthcxr_dir(cache).parent for cache in [None, *bound]
+            if cache is None or isinstance(cache, (str, os.PathLike))}
+
+
+def _folders_in(caches: set[Path]) -> set[Path]:
+    return {folder for cache in caches if cache.is_dir() for folder in cache.iterdir()
+            if folder.is_dir() and not folder.name.startswith(".")}
+
+
+def _dry_run_model_and_data(spec) -> None:
+    import keras
+
+    from lovt_keras.training.pretrain import check_batch_fits_model
+
     train_data, val_data = _build_data(spec)  # first: missing data is the likelier error
     if _is_evaluation(train_data):
         _dry_run_evaluation(spec, train_data, val_data)
@@ -536,10 +715,6 @@ def _dry_run(spec, args) -> int:
         else:
             print(f"model: {model!r}")
             print(f"train_data: {train_data!r}")
-    print(f"backend: {keras.backend.backend()}")
-    print("run_info:", json.dumps(run_info(), default=str))
-    print("dry run OK: nothing written")
-    return 0
 
 
 def _is_study(spec) -> bool:

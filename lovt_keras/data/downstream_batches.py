@@ -87,9 +87,13 @@ def load_downstream_folder(path: str | os.PathLike) -> tuple[datasets.DatasetDic
         raise FileNotFoundError(f"{folder}: no such downstream dataset folder")
     stats_file = folder / STATS_FILE
     if not stats_file.is_file():
+        from lovt_keras.data.downstream.registry import CONVERTERS
+
         raise FileNotFoundError(
             f"{stats_file}: missing; a downstream dataset folder is written by "
-            "`python -m tools.prepare <name>` (or load_synthcxr) together with its stats.json"
+            f"`python -m tools.prepare NAME ROOT {folder}` (NAME: {', '.join(CONVERTERS)}; "
+            "`python -m tools.prepare NAME --help` lists the arguments) or load_synthcxr, "
+            "together with its stats.json"
         )
     stats = json.loads(stats_file.read_text())
     dataset_dict = datasets.load_from_disk(str(folder))

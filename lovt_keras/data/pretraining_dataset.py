@@ -88,8 +88,9 @@ def load_pretraining_dataset(path: str | PathLike) -> tuple[datasets.DatasetDict
         ValueError: the stats or the columns are not usable (naming the file or split).
     """
     folder = Path(path).expanduser()
-    hint = (f"prepare it with `python -m tools.prepare mimic-cxr ROOT {folder}` (or "
-            f"`iu-xray REPORTS_DIR IMAGES_DIR {folder}`, `synthcxr --output_dir {folder}`; "
+    hint = (f"prepare it with `python -m tools.prepare mimic-cxr ROOT {folder}`, "
+            f"`python -m tools.prepare iu-xray REPORTS_DIR IMAGES_DIR {folder}` or "
+            f"`python -m tools.prepare synthcxr --output_dir {folder}`; "
             "`python -m tools.prepare NAME --help` lists the arguments)")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such dataset folder ({hint})")

@@ -155,6 +155,11 @@ class ReportTokenizer:
         """
         folder = Path(str(folder))
         vocab_path = folder / "vocab.txt"
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no such folder (a BERT model folder, with vocab.txt, "
+                "config.json and the weights, is expected)"
+            )
         if not vocab_path.is_file():
             raise FileNotFoundError(
                 f"{folder}: no vocab.txt (is it a WordPiece/BERT model folder?)"

@@ -141,7 +141,10 @@ def bert_backbone_from_folder(folder: str, **kwargs) -> keras_hub.models.BertBac
     import os
 
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"BERT model folder not found: {folder}")
+        raise FileNotFoundError(
+            f"{folder}: no such folder (a BERT model folder, with vocab.txt, config.json "
+            "and the weights, is expected)"
+        )
     return keras_hub.models.BertBackbone.from_preset(folder, **kwargs)
 
 

@@ -110,6 +110,29 @@ def current_learning_rate(optimizer) -> float:
     return _float(optimizer.learning_rate)
 
 
+def _schedule(optimizer) -> keras.optimizers.schedules.LearningRateSchedule | None:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    schedule = getattr(inner, "_learning_rate", None)  # Keras keeps no public handle
+    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) else None
+
+
+def epoch_learning_rates(optimizer, end_step: int, batches: int,
+                         rate_at_start: float) -> tuple[float, float]:
+    """The learning rates of the first and the last weight update of the epoch that just
+    ended after mini-batch ``end_step`` of the run, having trained ``batches``
+    mini-batches.
+
+    Keras calls a schedule with the number of mini-batches trained (also under gradient
+    accumulation, see ``schedules``), so both are evaluated where those updates read it
+    (also after a resume in mid-epoch); a plain rate (constant, or changed by a plateau
+    callback at epoch ends) is ``rate_at_start``, the rate when the epoch began.
+    """
+    schedule = _schedule(optimizer)
+    if schedule is None or batches < 1:
+        return rate_at_start, rate_at_start
+    return (_float(schedule(max(end_step - batches, 0))), _float(schedule(max(end_step - 1, 0))))
+
+
 class SetDataEpoch(keras.callbacks.Callback):
     """Calls ``data.set_epoch(epoch)`` at the start of every epoch.
 
@@ -313,9 +336,12 @@ class MetricsLogger(keras.callbacks.Callback):
     """Writes one JSON line per epoch to ``metrics.jsonl`` and prints a summary line.
 
     Record keys: ``epoch`` (1-based), ``step`` (mini-batches so far), ``learning_rate``
-    (of the next update), the epoch's training logs (``loss`` and every named loss
-    component), the validation logs (``val_...``), ``best`` (this epoch gave the best
-    checkpoint), ``epochs_without_improvement`` and ``seconds``.
+    (of the next update, i.e. after the epoch), ``lr_first_update`` and
+    ``lr_last_update`` (the rates the epoch trained with, see ``epoch_learning_rates``),
+    the epoch's training logs (``loss`` and every named loss component), the validation
+    logs (``val_...``), ``best`` (this epoch gave the best checkpoint),
+    ``epochs_without_improvement`` and ``seconds``. The summary line shows the rates the
+    epoch trained with: ``lr 0.0001..5e-05`` (first..last update) or ``lr 0.0001``.
 
     Args:
         path: the ``metrics.jsonl`` file (appended to).
@@ -332,16 +358,25 @@ class MetricsLogger(keras.callbacks.Callback):
         self.epochs = int(epochs)
         self.stream = stream
         self._start = time.time()
+        self._rate_at_start: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
+        self._rate_at_start = current_learning_rate(self.model.optimizer)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        optimizer = self.model.optimizer
+        at_start = (current_learning_rate(optimizer) if self._rate_at_start is None
+                    else self._rate_at_start)
+        first, last = epoch_learning_rates(optimizer, self.state.global_step,
+                                           self.state.step_in_epoch, at_start)
         record: dict[str, Any] = {
             "epoch": int(epoch) + 1,
             "step": int(self.state.global_step),
-            "learning_rate": current_learning_rate(self.model.optimizer),
+            "learning_rate": current_learning_rate(optimizer),
+            "lr_first_update": first,
+            "lr_last_update": last,
         }
         record.update(logs)
         record["best"] = self.state.best_epoch == epoch
@@ -357,7 +392,9 @@ class MetricsLogger(keras.callbacks.Callback):
 
 
 def format_epoch_summary(record: dict[str, Any], epochs: int) -> str:
-    """One line: epoch, losses (components shortened), validation loss, lr, time."""
+    """One line: epoch, losses (components shortened), validation loss, the learning
+    rates the epoch trained with (first..last update; a record without them shows the
+    rate of the next update as ``next lr``), time."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
     if "loss" in record:
         parts.append(f"loss {record['loss']:.4f}")
@@ -370,7 +407,12 @@ def format_epoch_summary(record: dict[str, Any], epochs: int) -> str:
         parts.append("(" + ", ".join(components) + ")")
     if "val_loss" in record:
         parts.append(f"val_loss {record['val_loss']:.4f}" + (" *best*" if record.get("best") else ""))
-    parts.append(f"lr {record['learning_rate']:.3g}")
+    if "lr_first_update" in record:
+        first, last = record["lr_first_update"], record["lr_last_update"]
+        parts.append(f"lr {first:.3g}" if f"{first:.3g}" == f"{last:.3g}"
+                     else f"lr {first:.3g}..{last:.3g}")
+    else:
+        parts.append(f"next lr {record['learning_rate']:.3g}")
     parts.append(f"{record['seconds']:.1f}s")
     return "  ".join(parts)
 

@@ -252,9 +252,10 @@ class Checkpointer(keras.callbacks.Callback):
       ``directory/last.npz`` with the optimizer and metric variables, unless the batch
       is the last of its epoch (the end-of-epoch checkpoint follows right away);
     - at the end of every epoch it writes ``best.npz`` (model variables only) when
-      ``state.best_epoch`` is this epoch, then ``last.npz`` positioned at the start of
-      the next epoch. Put it after the callbacks that update ``state`` at the end of an
-      epoch (best value, early stopping, learning-rate plateau, metrics log).
+      ``keep_best`` and ``state.best_epoch`` is this epoch, then ``last.npz`` positioned
+      at the start of the next epoch. Put it after the callbacks that update ``state``
+      at the end of an epoch (best value, early stopping, learning-rate plateau, metrics
+      log).
 
     Args:
         directory: the checkpoint folder.
@@ -268,12 +269,14 @@ class Checkpointer(keras.callbacks.Callback):
             epoch's logged means cover the batches before the interruption too.
         resume_rng: backend generator states to restore just before the first batch of
             that epoch (after ``fit`` has created its data iterator; see ``rng``).
+        keep_best: write ``best.npz`` (False when the run keeps its final weights, so
+            the best epoch's copy would never be read).
     """
 
     def __init__(self, directory: str | os.PathLike, state: TrainingState,
                  every_steps: int | None, batches_per_epoch: int, resume_offset: int = 0,
                  resume_metrics: list[np.ndarray] | None = None,
-                 resume_rng: dict[str, np.ndarray] | None = None):
+                 resume_rng: dict[str, np.ndarray] | None = None, keep_best: bool = True):
         super().__init__()
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}")
@@ -284,6 +287,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.resume_offset = int(resume_offset)
         self.resume_metrics = resume_metrics
         self.resume_rng = resume_rng
+        self.keep_best = keep_best
         self._offset = 0
 
     @property
@@ -322,7 +326,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        if self.state.best_epoch == epoch:
+        if self.keep_best and self.state.best_epoch == epoch:
             save_checkpoint(self.best_path, model, self.state, optimizer=False, metrics=False)
         self.state.epoch = int(epoch) + 1
         self.state.step_in_epoch = 0

@@ -225,8 +225,11 @@ def _missing_folder_hint(task: Any) -> str:
     if task.number not in PAPER_TASKS:
         return ""
     key = PAPER_TASKS[task.number].dataset
-    return (f" (the {key} folder of task {task.number}: prepare it with `python -m "
-            f"tools.prepare {key.replace('_', '-')}` and bind {key.upper()}_DATA)")
+    name = key.replace("_", "-")
+    return (f" (the {key} folder of task {task.number}: prepare it from the original files "
+            f"with `python -m tools.prepare {name} ORIGINAL_DIR {task.dataset}` (`python -m "
+            f"tools.prepare {name} --help` says what ORIGINAL_DIR holds) and bind "
+            f"{key.upper()}_DATA)")
 
 
 def describe_evaluation(encoders: Mapping[str, Callable], tasks: Sequence, seeds: int,

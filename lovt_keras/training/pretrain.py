@@ -18,6 +18,13 @@ remaining epochs. The result equals the uninterrupted run up to floating-point
 non-determinism of the backend; only the mini-batches trained after the last
 checkpoint are computed twice.
 
+What stays on disk: while training, ``last.npz`` (with the optimizer state, about 4x
+the model's weights with Adam and gradient accumulation) and, with
+``export_checkpoint="best"``, ``best.npz`` (weights only). When the run finishes,
+``last.npz`` is rewritten as the weights the run keeps (the best epoch's or the final
+ones) without the optimizer state, marked finished, and ``best.npz`` is deleted: a
+finished run is not trained further, so one copy of its weights is all a rerun needs.
+
 Deviations from the official training loop, all documented where they apply:
 
 - Keras carries a partial gradient-accumulation cycle over into the next epoch, while
@@ -153,7 +160,7 @@ def pretrain(
             checkpoint monitor ``val_loss``), or None (then the training loss).
         output_dir: the run directory (checkpoints, ``metrics.jsonl``, TensorBoard logs,
             exported encoders). If it holds ``checkpoints/last.npz`` the run continues
-            from it.
+            from it (a finished run only loads its kept weights and exports again).
         epochs: maximum number of epochs (100).
         learning_rate: peak learning rate (1e-4).
         weight_decay: decoupled weight decay (1e-6).
@@ -227,7 +234,7 @@ def pretrain(
         plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         early_stopping_patience=early_stopping_patience,
         early_stopping_min_delta=early_stopping_min_delta, tensorboard=tensorboard,
-        stream=stream if verbose else None,
+        export_checkpoint=export_checkpoint, stream=stream if verbose else None,
     )
     _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks, verbose)
     _finish(model, state, output_dir, export_checkpoint)
@@ -321,9 +328,11 @@ def _resume(output_dir: Path, model: keras.Model, seed: int, batches_per_epoch: 
     last_path = output_dir / CHECKPOINT_DIR / LAST
     if not last_path.is_file():
         return state, None, None, None
-    mid_epoch = read_checkpoint_state(last_path).step_in_epoch > 0
-    state, resume_metrics = load_checkpoint(last_path, model, optimizer=True, metrics=True,
-                                            restore_rng=not mid_epoch)
+    stored = read_checkpoint_state(last_path)
+    mid_epoch = stored.step_in_epoch > 0
+    # A finished run's checkpoint holds its kept weights only (see ``_finish``).
+    state, resume_metrics = load_checkpoint(last_path, model, optimizer=not stored.finished,
+                                            metrics=True, restore_rng=not mid_epoch)
     resume_rng = read_rng_states(last_path) if mid_epoch else None
     if state.seed is not None and state.seed != int(seed):
         raise ValueError(
@@ -351,7 +360,7 @@ def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str,
                resume_metrics, resume_rng, epochs: int, batches_per_epoch: int,
                checkpoint_every_steps: int | None, schedule: str, plateau_factor: float,
                plateau_patience: int, early_stopping_patience: int | None,
-               early_stopping_min_delta: float, tensorboard: bool,
+               early_stopping_min_delta: float, tensorboard: bool, export_checkpoint: str,
                stream: TextIO | None) -> list[keras.callbacks.Callback]:
     """The callbacks of ``fit``, in the order they must run (each comment says why).
 
@@ -361,7 +370,7 @@ def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str,
         output_dir / CHECKPOINT_DIR, state, checkpoint_every_steps, batches_per_epoch,
         resume_offset=state.step_in_epoch,
         resume_metrics=resume_metrics if state.step_in_epoch else None,
-        resume_rng=resume_rng,
+        resume_rng=resume_rng, keep_best=export_checkpoint == "best",
     )
     callbacks: list[keras.callbacks.Callback] = [
         StopOnNonFiniteLoss(resume_offset=state.step_in_epoch),  # first: before any saving
@@ -398,15 +407,21 @@ def _fit(model: keras.Model, train_data, val_data, state: TrainingState, epochs:
 
 def _finish(model: keras.Model, state: TrainingState, output_dir: Path,
             export_checkpoint: str) -> None:
-    """Marks the run finished in ``last.npz`` (a later call trains nothing) and loads
-    the best checkpoint's weights into ``model`` when ``export_checkpoint="best"``."""
+    """Loads the best checkpoint's weights into ``model`` when
+    ``export_checkpoint="best"``, then (once) replaces ``last.npz`` by these weights
+    marked finished, without the optimizer state (a later call trains nothing), and
+    deletes ``best.npz``.
+
+    Every step can be interrupted: before the new ``last.npz`` is in place a rerun
+    finishes again; after it, a left-over ``best.npz`` holds the same weights."""
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    if not state.finished:
-        state.finished = True
-        save_checkpoint(checkpoint_dir / LAST, model, state, metrics=False)
     best_path = checkpoint_dir / BEST
     if export_checkpoint == "best" and best_path.is_file():
         load_checkpoint(best_path, model, optimizer=False, restore_rng=False)
+    if not state.finished:
+        state.finished = True
+        save_checkpoint(checkpoint_dir / LAST, model, state, optimizer=False, metrics=False)
+        best_path.unlink(missing_ok=True)
 
 
 def _report(state: TrainingState, monitor: str, export_checkpoint: str, output_dir: Path,

@@ -41,6 +41,8 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path, synthcxr_bindings, ca
     assert run.main(argv) == 0
     printed = capsys.readouterr().out
     assert "epoch 1/1  loss " in printed and "done: 1 epochs" in printed
+    # The summary shows the rates the epoch's 2 updates used (cosine per epoch from 1e-4).
+    assert "  lr 0.0001..5e-05  " in printed
 
     assert {p.name for p in out.iterdir()} >= {
         "config.gin", "operative_config.gin", "command.txt", "run_info.json",
@@ -65,19 +67,27 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path, synthcxr_bindings, ca
         assert np.isfinite(record[name]) and np.isfinite(record[f"val_{name}"]), name
     # lr after 2 updates of the 2-update epoch: the cosine is at its minimum, 0.
     assert record["learning_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert (record["lr_first_update"], record["lr_last_update"]) == pytest.approx((1e-4, 5e-5))
     for folder in ("train", "validation"):
         assert list((out / "tensorboard" / folder).glob("events.out.tfevents.*"))
     state = read_checkpoint_state(out / "checkpoints" / "last.npz")
     assert state.finished and state.epoch == 1 and state.global_step == 4
 
-    # The exported encoders load without gin and hold the best checkpoint's weights.
+    # A finished run keeps one weights-only checkpoint (the kept weights) and the run
+    # directory costs megabytes (a width-8 ResNet-18 and a 32-d BERT: 0.26 M weights).
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.npz"]
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert size < 3_000_000, size
+
+    # The exported encoders load without gin and hold the kept (best) weights.
     image_encoder = keras.saving.load_model(out / "image_encoder.keras", compile=False)
     features = image_encoder(np.zeros((1, 64, 64, 1), "float32"))
     assert tuple(features["conv5"].shape) == (1, 2, 2, 64)  # the tiny overlay: width 8
-    best = np.load(out / "checkpoints" / "best.npz")
-    meta = json.loads(bytes(best["__meta__"]).decode())
+    last = np.load(out / "checkpoints" / "last.npz")
+    meta = json.loads(bytes(last["__meta__"]).decode())
+    assert set(meta["groups"]) == {"model"}  # no optimizer state once finished
     paths = [v["path"] for v in meta["groups"]["model"]]
-    kernel = best[f"model.{paths.index('conv1_conv/kernel'):06d}"]
+    kernel = last[f"model.{paths.index('conv1_conv/kernel'):06d}"]
     (stem,) = [v for v in image_encoder.variables if v.path == "conv1_conv/kernel"]
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(stem), kernel)
     report_encoder = keras.saving.load_model(out / "report_encoder.keras", compile=False)
@@ -87,12 +97,31 @@ def test_tiny_run_writes_the_whole_run_directory(tmp_path, synthcxr_bindings, ca
                               "sentence_ids": np.where(np.arange(64) == 1, 0, -1)[None]})
     assert tuple(outputs["sentence_features"].shape) == (1, 8, 32)
 
-    # The same command again: the run is complete, so it resumes, trains nothing more.
+    # The same command again: the run is finished, so it says so and writes nothing.
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
     assert run.main(argv) == 0
-    info = json.loads((out / "run_info.json").read_text())
-    assert info["resumed"] is True and len(info["previous_starts"]) == 1
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert len((out / "command.txt").read_text().splitlines()) == 2
+    assert capsys.readouterr().out == (f"{out}: this run finished on {info['finished']}; "
+                                       "nothing to do (its outputs are there; --overwrite "
+                                       "runs it again)\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    # Another backend is refused (made here by editing the record: this process cannot
+    # change its backend), and nothing is written.
+    other = _other_backend()
+    (out / "run_info.json").write_text(json.dumps({**info, "backend": other}))
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output_dir {out} holds a finished run made with the {other} backend, "
+        f"this command uses {keras.backend.backend()}; use another --output_dir, or "
+        f"--overwrite to replace it with a {keras.backend.backend()} run\n")
+    assert json.loads((out / "run_info.json").read_text())["backend"] == other
+    assert (out / "command.txt").read_bytes() == files[out / "command.txt"]
+    # So is resuming an unfinished run with another backend.
+    (out / "run_info.json").write_text(json.dumps(
+        {k: v for k, v in info.items() if k != "finished"} | {"backend": other}))
+    assert run.main(argv) == 2
+    assert f"holds a run made with the {other} backend" in capsys.readouterr().err
 
     # Another configuration in the same directory is refused before anything runs.
     capsys.readouterr()
@@ -206,8 +235,17 @@ def test_dry_run_of_the_evaluation_builds_every_task_and_writes_nothing(
     assert printed.count("up to 1 epoch(s) of 7 batches") == len(LOW_LABEL_TASKS) == 4
     assert "(7 train batches)" in printed
     assert printed.count(", 64 px, 1 class(es) ['opacity']") == 6
-    assert "up to 2 boxes per image" in printed and "dry run OK: nothing written" in printed
+    assert "up to 2 boxes per image" in printed
+    # The SynthCXR sets were generated into the (empty) cache, and the dry run says so.
+    generated = sorted((tmp_path / "cache").iterdir())
+    assert len(generated) == 2  # the 100-image set and the low-label tasks' 200-image set
+    assert printed.endswith("dry run OK: no run directory written\n")
+    assert ("generated SynthCXR into its cache (first use; later runs read it):\n  "
+            + "\n  ".join(map(str, generated)) + "\n") in printed
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # only the SynthCXR cache
+    # Again: nothing left to generate.
+    assert run.main(argv) == 0
+    assert "generated SynthCXR" not in capsys.readouterr().out
 
 
 def test_dry_run_of_the_evaluation_names_missing_dataset_folders(tmp_path, capsys):
@@ -221,8 +259,9 @@ def test_dry_run_of_the_evaluation_names_missing_dataset_folders(tmp_path, capsy
     assert "lr grid 0.03, 0.01, 0.003, 0.001; batch 64; up to 1 epoch(s)" in captured.out
     assert captured.err == (
         f"error: dry run: 1 problem(s):\n  task rsna_linear_100: {tmp_path / 'rsna'}: no such "
-        "downstream dataset folder (the rsna folder of task 9: prepare it with `python -m "
-        "tools.prepare rsna` and bind RSNA_DATA)\n")
+        f"downstream dataset folder (the rsna folder of task 9: prepare it from the original "
+        f"files with `python -m tools.prepare rsna ORIGINAL_DIR {tmp_path / 'rsna'}` (`python "
+        "-m tools.prepare rsna --help` says what ORIGINAL_DIR holds) and bind RSNA_DATA)\n")
     assert not out.exists()
 
 
@@ -258,3 +297,55 @@ def test_a_bound_macro_that_no_file_uses_is_refused(capsys):
     # A macro that a file uses is accepted.
     spec = run.configure([EXPERIMENT, TINY], ["IMAGE_SIZE = 32"])
     assert run.build_model(spec).image_encoder.image_size == 32
+
+
+def test_help_imports_no_framework():
+    # --help answers before Keras (and TensorFlow, ~10 s and start-up logs) is imported.
+    code = ("import sys\nfrom tools import run\ntry:\n    run.main(['--help'])\n"
+            "except SystemExit as done:\n    code = done.code\n"
+            "print(code, sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch', 'gin', "
+            "'lovt_keras') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stderr == "" and done.stdout.endswith("\n0 []\n")
+    assert done.stdout.startswith("usage: python -m tools.run [-h] [--gin FILE]")
+
+
+_ABSL = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_ONEDNN = ("I0000 00:00:1796282006.734521    1787 port.cc:153] oneDNN custom operations are on. "
+           "You may see slightly different numerical results due to floating-point round-off "
+           "errors from different computation orders. To turn them off, set the environment "
+           "variable `TF_ENABLE_ONEDNN_OPTS=0`.")
+_NO_CUDA = ("I0000 00:00:1796282006.734829    1787 cudart_stub.cc:31] Could not find cuda "
+            "drivers on your machine, GPU will not be used.")
+
+
+def test_only_tensorflows_known_start_up_lines_are_dropped(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    kept = ["E0000 00:00:1796282474.686980    4938 cuda_platform.cc:52] failed call to cuInit",
+            "W0000 00:00:1.0    1 port.cc:153] oneDNN custom operations are on. (a warning)",
+            "Traceback (most recent call last):", "x " + _ABSL]
+    with run._stderr_without(run._startup_noise()):
+        for line in [_ABSL, _ONEDNN, kept[0], _NO_CUDA, *kept[1:]]:
+            os.write(2, (line + "\n").encode())
+    # "GPU will not be used" is kept on a machine with an NVIDIA device (it says why).
+    if list(Path("/dev").glob("nvidia*")):
+        kept.insert(1, _NO_CUDA)
+    assert capfd.readouterr().err == "".join(line + "\n" for line in kept)
+    # Asking for TensorFlow's INFO logs keeps everything.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    assert run._startup_noise() is None
+
+
+def test_a_new_process_prints_no_start_up_noise():
+    # A configuration error after Keras and keras-hub (so TensorFlow) are imported: the
+    # error is all that stderr holds.
+    command = [sys.executable, "-m", "tools.run", "--gin", EXPERIMENT, "--bind",
+               "IMAGE_SIZ = 32", "--dry_run"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("error: --bind 'IMAGE_SIZ = 32': no loaded gin file uses the macro "
+                           "IMAGE_SIZ, so this binding would change nothing; did you mean "
+                           "IMAGE_SIZE?\n")

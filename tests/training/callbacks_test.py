@@ -111,9 +111,31 @@ def test_metrics_logger_records_and_summary(tmp_path):
 
 def test_summary_format_by_hand():
     record = {"epoch": 3, "loss": 1.0, "a_loss": 0.5, "val_loss": 0.75, "val_a_loss": 0.1,
-              "learning_rate": 2.5e-05, "best": False, "seconds": 12.34}
+              "learning_rate": 0.0, "lr_first_update": 1e-4, "lr_last_update": 5e-05,
+              "best": False, "seconds": 12.34}
+    # The rates the epoch trained with (first..last update), not the next update's 0.
     assert format_epoch_summary(record, 5) == (
-        "epoch 3/5  loss 1.0000  (a 0.5000)  val_loss 0.7500  lr 2.5e-05  12.3s")
+        "epoch 3/5  loss 1.0000  (a 0.5000)  val_loss 0.7500  lr 0.0001..5e-05  12.3s")
+    constant = dict(record, lr_first_update=2.5e-05, lr_last_update=2.5e-05)
+    assert "  lr 2.5e-05  12.3s" in format_epoch_summary(constant, 5)
+    # A record of an older run, without them: the value it holds is labelled.
+    old = {k: v for k, v in record.items() if not k.startswith("lr_")}
+    assert "  next lr 0  12.3s" in format_epoch_summary(old, 5)
+
+
+def test_epoch_learning_rates_of_a_schedule_and_of_a_plain_rate():
+    from lovt_keras.training.callbacks import epoch_learning_rates
+    from lovt_keras.training.schedules import CosinePerEpoch
+
+    # 4 mini-batches per epoch, 2 per update: 2 updates per epoch, cosine period 2 epochs.
+    optimizer = keras.optimizers.SGD(CosinePerEpoch(0.1, 2, gradient_accumulation_steps=2),
+                                     gradient_accumulation_steps=2)
+    # After epoch 2 (mini-batch 8): its updates were t = 2, 3 of lr(t) = 0.1 (1 + cos(pi t
+    # / 2)) / 2.
+    first, last = epoch_learning_rates(optimizer, 8, 4, rate_at_start=123.0)
+    assert first == pytest.approx(0.0, abs=1e-9) and last == pytest.approx(0.05)
+    plain = keras.optimizers.SGD(0.3)
+    assert epoch_learning_rates(plain, 8, 4, rate_at_start=0.2) == (0.2, 0.2)
 
 
 def test_truncate_metrics_keeps_completed_epochs(tmp_path):

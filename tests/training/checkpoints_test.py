@@ -103,7 +103,8 @@ def test_mismatching_models_are_refused_with_the_variable_name(tmp_path):
     assert state == TrainingState()
 
 
-def test_checkpointer_schedule_of_saves(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_checkpointer_schedule_of_saves(tmp_path, monkeypatch, keep_best):
     saved = []
     original = checkpoints.save_checkpoint
 
@@ -117,15 +118,21 @@ def test_checkpointer_schedule_of_saves(tmp_path, monkeypatch):
     state.best_epoch = 0  # as if the best-value callback had chosen epoch 1
     x = np.ones((12, 3), "float32")
     model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0, shuffle=False,
-              callbacks=[Checkpointer(tmp_path, state, every_steps=2, batches_per_epoch=3)])
+              callbacks=[Checkpointer(tmp_path, state, every_steps=2, batches_per_epoch=3,
+                                      keep_best=keep_best)])
     # Mid-epoch saves every 2 mini-batches except on an epoch's last batch (its
-    # end-of-epoch save follows), best at the end of the best epoch, last at each end.
+    # end-of-epoch save follows), best at the end of the best epoch (unless the run
+    # keeps its final weights), last at each end.
+    best = [("best.npz", 0, 3, 3, False)] if keep_best else []
     assert saved == [
         ("last.npz", 0, 2, 2, True),
-        ("best.npz", 0, 3, 3, False),
+        *best,
         ("last.npz", 1, 0, 3, False),
         ("last.npz", 1, 1, 4, True),
         ("last.npz", 2, 0, 6, False),
     ]
-    meta = json.loads(bytes(np.load(tmp_path / "best.npz")["__meta__"]).decode())
-    assert set(meta["groups"]) == {"model"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["best.npz", "last.npz"] if keep_best else ["last.npz"])
+    if keep_best:
+        meta = json.loads(bytes(np.load(tmp_path / "best.npz")["__meta__"]).decode())
+        assert set(meta["groups"]) == {"model"}

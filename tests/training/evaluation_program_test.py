@@ -150,3 +150,20 @@ def test_run_main_evaluates_and_writes_the_table(tmp_path, capsys, monkeypatch):
     assert (out / "results.csv").is_file() and (out / "results.md").is_file()
     assert (out / "Random" / "synth_opacity_linear_100" / "summary.json").is_file()
     assert len(list(ev.Path(out).rglob("result.json"))) == 3  # 2 lr at seed 0 + seed 1
+
+
+def test_evaluate_prints_where_the_table_was_written(tmp_path, capsys, monkeypatch):
+    def fake_evaluate_encoders(encoders, tasks, **kwargs):
+        return [{"method": name, "task": tasks[0].name, "label": tasks[0].label,
+                 "mean": 0.25, "ci95": 0.01} for name in encoders]
+
+    monkeypatch.setattr(ev, "evaluate_encoders", fake_evaluate_encoders)
+    tasks = evaluation_program.synth_tasks(["synth_opacity_linear_100"], image_size=64)
+    result = evaluation_program.evaluate(lambda: {"Random": None}, tasks, output_dir=str(tmp_path))
+    printed = capsys.readouterr().out
+    assert result.table_paths == (tmp_path / "results.csv", tmp_path / "results.md")
+    assert printed.endswith(
+        "| Random | 25.0 ± 1.0 |\n"
+        f"table written to {tmp_path / 'results.md'} and {tmp_path / 'results.csv'}; every "
+        f"task's runs are in {tmp_path}/<method>/<task>/\n")
+    assert (tmp_path / "results.md").read_text().endswith("| Random | 25.0 ± 1.0 |\n")

@@ -110,7 +110,8 @@ def _assert_same_run(reference, out, final_weights):
     records, expected_records = _records(out), _records(reference.output_dir)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for got, want in zip(records, expected_records):
-        for name in ("loss", "mse_loss", "val_loss", "learning_rate", "step"):
+        for name in ("loss", "mse_loss", "val_loss", "learning_rate", "lr_first_update",
+                     "lr_last_update", "step"):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
 
 
@@ -187,6 +188,11 @@ def test_recipe_mechanics_accumulation_schedule_and_data_epochs(tmp_path):
     assert int(ops.convert_to_numpy(result.model.optimizer.iterations)) == 4
     np.testing.assert_allclose([r["learning_rate"] for r in result.history], [0.0, 0.05],
                                atol=1e-9)
+    # The rates the epochs trained with: lr(t) = 0.05 (1 + cos(pi t / 2)) / 2 at the
+    # updates t = 0, 1 and t = 2, 3 (learning_rate above is the next update's, t = 2, 4).
+    np.testing.assert_allclose([(r["lr_first_update"], r["lr_last_update"])
+                                for r in result.history], [(0.05, 0.025), (0.0, 0.025)],
+                               atol=1e-9)
     # Without validation data the training loss is monitored.
     assert result.state.best_epoch in (0, 1)
     assert sorted(set(data.seen_epochs)) == [0, 1]
@@ -204,6 +210,33 @@ def test_early_stopping_and_finished_runs_are_not_retrained(tmp_path):
     again = train(tmp_path, batch_norm=False, **kwargs)
     assert again.resumed_from == (3, 0) and again.state.epoch == 3
     assert len(again.history) == 3
+
+
+def _checkpoint_groups(path):
+    return set(json.loads(bytes(np.load(path)["__meta__"]).decode())["groups"])
+
+
+@pytest.mark.parametrize("export_checkpoint", ["best", "last"])
+def test_a_finished_run_keeps_one_weights_only_checkpoint(tmp_path, export_checkpoint):
+    # While training, last.npz holds the optimizer state too (to resume); once the run
+    # is finished, only the weights it keeps remain, in last.npz.
+    result = train(tmp_path, export_checkpoint=export_checkpoint)
+    checkpoint_dir = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == [LAST]
+    assert _checkpoint_groups(checkpoint_dir / LAST) == {"model"}
+    state = read_checkpoint_state(checkpoint_dir / LAST)
+    assert state.finished and state.epoch == 3 and state.global_step == 12
+    stored = np.load(checkpoint_dir / LAST)
+    kept = _weights(result.model)
+    for index, expected in enumerate(kept):
+        np.testing.assert_array_equal(stored[f"model.{index:06d}"], expected)
+
+    # A rerun trains nothing and returns the same kept weights.
+    again = train(tmp_path, export_checkpoint=export_checkpoint)
+    assert again.resumed_from == (3, 0) and len(again.history) == 3
+    for got, expected in zip(_weights(again.model), kept):
+        np.testing.assert_array_equal(got, expected)
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == [LAST]
 
 
 def test_plateau_schedule_halves_the_learning_rate(tmp_path):
