@@ -70,7 +70,7 @@ def test_eval_file_parses_into_its_tasks_and_opens_with_the_command(path):
         for task in tasks:
             assert task.dataset_options["num_train"] == 300 and task.dataset_options["seed"] == 1
             if task.name in linear:
-                assert task.lr_grid == (0.03, 0.1, 0.3) and task.max_epochs == 15
+                assert task.lr_grid == (0.03, 0.1, 0.3) and task.max_epochs == 20
                 assert task.patience == 5
         if stem == "ablations_synthcxr":
             assert [t.head for t in tasks] == ["linear", "linear", "unet", "yolov3"]
