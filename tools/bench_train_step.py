@@ -102,25 +102,25 @@ def main(argv: list[str] | None = None) -> dict:
                         help="mixed_bfloat16 dtype policy (as lovt.pretrain.mixed_precision)")
     args = parser.parse_args(argv)
 
-    import gin
     import keras
     import numpy as np
 
     from lovt_keras.testing.fixtures import random_batch
     from tools import run
+    from tools.gin_registry import bound_value
 
     if args.mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     bindings = ([] if args.no_bert_base else BERT_BASE_BINDINGS) + list(args.bind)
     files = args.gin or [DEFAULT_GIN]
     spec = run.configure(files, bindings)
-    macro = lambda name: gin.query_parameter(f"{name}/macro.value")  # noqa: E731
+    macro = lambda name: bound_value(f"%{name}")  # noqa: E731
     batch_size = args.batch_size or int(macro("BATCH_SIZE"))
     image_size, max_tokens = int(macro("IMAGE_SIZE")), int(macro("MAX_TOKENS"))
     max_sentences = int(macro("MAX_SENTENCES"))
-    accumulation = int(gin.query_parameter("lovt.pretrain.gradient_accumulation_steps"))
-    learning_rate = float(gin.query_parameter("lovt.pretrain.learning_rate"))
-    weight_decay = float(gin.query_parameter("lovt.pretrain.weight_decay"))
+    accumulation = int(bound_value("lovt.pretrain.gradient_accumulation_steps"))
+    learning_rate = float(bound_value("lovt.pretrain.learning_rate"))
+    weight_decay = float(bound_value("lovt.pretrain.weight_decay"))
 
     model = spec.model()
     vocabulary = int(model.report_encoder.backbone.vocabulary_size)

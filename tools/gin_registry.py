@@ -121,14 +121,14 @@ _UNBOUND = object()
 
 
 def bound_value(key: str, default: Any = _UNBOUND) -> Any:
-    """The value the parsed gin files bind to ``key`` (``'lovt.pretrain.seed'``), macros
-    followed; ``default`` when nothing binds it (else the parameter's default in the
-    registered callable's signature)."""
+    """The value the parsed gin files bind to ``key`` (``'lovt.pretrain.seed'``, or a
+    macro ``'%BATCH_SIZE'``), macros followed; ``default`` when nothing binds it (else
+    the parameter's default in the registered callable's signature, None for a macro)."""
     try:
         value = gin.query_parameter(key)
     except (ValueError, KeyError):
-        if default is not _UNBOUND:
-            return default
+        if default is not _UNBOUND or key.startswith("%"):  # an unset macro: the default
+            return None if default is _UNBOUND else default
         name, parameter = key.rsplit(".", 1)
         return inspect.signature(REGISTERED[name]).parameters[parameter].default
     return _macro_chain(value)[0]

@@ -212,11 +212,8 @@ def dataset_folder(task: EvalTask) -> Path:
     options = dict(task.dataset_options)
     options["image_size"] = task.image_size
     load_synthcxr(**options)
-    return synthcxr_dir(
-        options.get("cache_dir"), options.get("num_train", 2000),
-        options.get("num_validation", 200), options.get("num_test", 500),
-        task.image_size, options.get("seed", 0),
-    )
+    options.pop("num_proc", None)  # how to generate, not which set
+    return synthcxr_dir(**options)
 
 
 def task_data(task: EvalTask, seed: int = 0) -> dict[str, DownstreamBatches]:
