@@ -45,6 +45,7 @@ import datetime
 import difflib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -199,9 +200,22 @@ def _stderr_without(noise: re.Pattern):
             os.close(saved)
 
 
+class _DropRetracingWarnings(logging.Filter):
+    """Drops TensorFlow's "... triggered tf.function retracing" warning: the evaluation
+    builds a new model per probe run by design, which is what the warning counts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+RETRACING_FILTER = _DropRetracingWarnings()
+
+
 def _quiet_framework_import() -> None:
     """Imports Keras and keras-hub (which imports TensorFlow on every backend) with
-    TensorFlow's start-up noise dropped (``_startup_noise``); nothing else is hidden."""
+    TensorFlow's start-up noise dropped (``_startup_noise``), and drops TensorFlow's
+    retracing warnings (``_DropRetracingWarnings``); nothing else is hidden."""
+    logging.getLogger("tensorflow").addFilter(RETRACING_FILTER)  # idempotent
     if "keras" in sys.modules:
         return
     noise = _startup_noise()

@@ -337,6 +337,23 @@ def test_only_tensorflows_known_start_up_lines_are_dropped(capfd, monkeypatch):
     assert run._startup_noise() is None
 
 
+def test_tensorflows_retracing_warning_is_dropped_and_other_warnings_are_kept():
+    import logging
+
+    run._quiet_framework_import()
+    logger = logging.getLogger("tensorflow")
+    assert logger.filters.count(run.RETRACING_FILTER) == 1
+    run._quiet_framework_import()  # once only
+    assert logger.filters.count(run.RETRACING_FILTER) == 1
+
+    def record(message):
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not logger.filter(record("5 out of the last 5 calls to <function f> triggered "
+                                    "tf.function retracing. Tracing is expensive ..."))
+    assert logger.filter(record("Gradients do not exist for variables ['w']"))
+
+
 def test_a_new_process_prints_no_start_up_noise():
     # A configuration error after Keras and keras-hub (so TensorFlow) are imported: the
     # error is all that stderr holds.
