@@ -17,14 +17,8 @@ import time
 
 import numpy as np
 
-from lovt_keras.models.yolov3 import (
-    LOVT_ANCHORS,
-    YOLO_FEATURE_LAYERS,
-    decode_predictions,
-    non_max_suppression,
-    output_key,
-)
-from lovt_keras.testing.nms_reference import reference_nms
+# The library (and so Keras) is imported by the functions that use it, after the
+# arguments are parsed: `--help` stays fast and prints no framework logs.
 
 # Objectness logit offsets: sigmoid(z + offset) >= 0.2 for ~all z ~ N(0, 1) (offset 2:
 # P(z >= -3.39) = 99.96 %) and for ~10 % (offset -2.67: P(z >= 1.28) = 10 %).
@@ -35,6 +29,13 @@ def random_detections(
     images: int, num_classes: int, image_size: int, objectness_offset: float, seed: int
 ) -> np.ndarray:
     """Decoded ``(images, N, 5 + C)`` of standard-normal raw outputs of all scales."""
+    from lovt_keras.models.yolov3 import (
+        LOVT_ANCHORS,
+        YOLO_FEATURE_LAYERS,
+        decode_predictions,
+        output_key,
+    )
+
     rng = np.random.default_rng(seed)
     predictions = {}
     for stride, layer in zip((32, 16, 8), YOLO_FEATURE_LAYERS):
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+
+    from lovt_keras.models.yolov3 import non_max_suppression
+    from lovt_keras.testing.nms_reference import reference_nms
+
     status = 0
     for level, offset in LEVELS.items():
         detections = random_detections(

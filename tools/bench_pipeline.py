@@ -23,13 +23,13 @@ import argparse
 import os
 import time
 
-from lovt_keras.data.pretraining_dataset import PretrainingBatches, synthcxr_tokenizer
-from lovt_keras.data.synthcxr import load_stats, load_synthcxr, synthcxr_dir
+# The library (and so Keras) is imported in main after the arguments are parsed:
+# `--help` stays fast and prints no framework logs.
 
 REQUIRED_RATIO = 3.0
 
 
-def pipeline_rate(batches: PretrainingBatches, epochs: int) -> tuple[float, float, int]:
+def pipeline_rate(batches, epochs: int) -> tuple[float, float, int]:
     """Images per wall-clock second and per CPU second (all threads of this process) of
     ``epochs`` epochs drawn the way ``fit`` draws them, and the number of images.
 
@@ -52,7 +52,7 @@ def pipeline_rate(batches: PretrainingBatches, epochs: int) -> tuple[float, floa
     return images / wall, images / cpu, images
 
 
-def model_rate(batches: PretrainingBatches, depth: int, steps: int) -> float:
+def model_rate(batches, depth: int, steps: int) -> float:
     """Training images/s of a LoVT pretrainer (ResNet-``depth``, 2-layer BERT)."""
     import keras
     import numpy as np
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure fit of a LoVT pretrainer with this ResNet depth")
     parser.add_argument("--model_steps", type=int, default=5, help="timed fit steps (5)")
     args = parser.parse_args(argv)
+
+    from lovt_keras.data.pretraining_dataset import PretrainingBatches, synthcxr_tokenizer
+    from lovt_keras.data.synthcxr import load_stats, load_synthcxr, synthcxr_dir
 
     sizes = dict(num_train=args.num_images, num_validation=32, num_test=32,
                  image_size=args.stored_size, seed=0)
