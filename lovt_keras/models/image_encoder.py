@@ -226,17 +226,29 @@ def flatten_regions(feature_map):
     return ops.reshape(feature_map, (shape[0], shape[1] * shape[2], shape[3]))
 
 
-def load_image_encoder_weights(encoder: ResNetImageEncoder, path: str) -> None:
+def load_image_encoder_weights(encoder: ResNetImageEncoder, path: str,
+                               prefix: str | None = None) -> None:
     """Loads weights from a local file into ``encoder``.
 
     ``path`` may be a ``.weights.h5`` file saved from a ``ResNetImageEncoder`` or
     from a keras-hub ``ResNetBackbone`` of the same depth (e.g. ImageNet weights a
-    user converted), or a ``.keras`` file holding either. Nothing is downloaded.
+    user converted), a ``.keras`` file holding either, or a torchvision ResNet state
+    dict / official LoVT checkpoint (``.pt``, ``.pth``, ``.bin``, ``.ckpt``,
+    ``.safetensors``; read without running code, the ResNet found under ``prefix`` or
+    automatically, see :mod:`lovt_keras.weights.torchvision_resnet`). Nothing is
+    downloaded.
     """
     import os
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Image encoder weights not found: {path}")
+    from lovt_keras.weights.state_dict_files import is_state_dict_file
+
+    if is_state_dict_file(path):
+        from lovt_keras.weights.torchvision_resnet import load_torchvision_weights
+
+        load_torchvision_weights(encoder, path, prefix=prefix)
+        return
     if path.endswith(".keras"):
         loaded = keras.saving.load_model(path, compile=False)
         source = loaded.backbone if isinstance(loaded, ResNetImageEncoder) else loaded
@@ -244,7 +256,8 @@ def load_image_encoder_weights(encoder: ResNetImageEncoder, path: str) -> None:
         return
     if not path.endswith(".weights.h5"):
         raise ValueError(
-            f"Unsupported weights file {path}: expected a .weights.h5 or .keras file."
+            f"Unsupported weights file {path}: expected a .weights.h5 or .keras file, or a "
+            "torchvision state dict (.pt, .pth, .ckpt, .safetensors)."
         )
     try:
         encoder.load_weights(path)
@@ -254,15 +267,18 @@ def load_image_encoder_weights(encoder: ResNetImageEncoder, path: str) -> None:
 
 def resnet_image_encoder(depth: int = 50, image_size: int | None = 224,
                          input_channels: int = 1, weights: str | None = None,
-                         width: int = STANDARD_WIDTH) -> ResNetImageEncoder:
+                         width: int = STANDARD_WIDTH,
+                         weights_prefix: str | None = None) -> ResNetImageEncoder:
     """A ``ResNetImageEncoder``, optionally initialized from a local weights file (see
-    :func:`load_image_encoder_weights`; e.g. converted ImageNet weights, nothing is
-    downloaded); ``width`` < 64 builds a narrower ResNet (first-stage filters). The gin
-    name ``lovt.resnet_image_encoder`` and the evaluation's weights-file encoders use it.
+    :func:`load_image_encoder_weights`; e.g. converted ImageNet weights or a torchvision
+    state dict, nothing is downloaded; ``weights_prefix`` names the ResNet's key prefix in
+    a state dict when it is not found automatically); ``width`` < 64 builds a narrower
+    ResNet (first-stage filters). The gin name ``lovt.resnet_image_encoder`` and the
+    evaluation's weights-file encoders use it.
     """
     encoder = ResNetImageEncoder(depth=depth, image_size=image_size,
                                  input_channels=input_channels, width=width)
     if weights:
-        load_image_encoder_weights(encoder, str(weights))
+        load_image_encoder_weights(encoder, str(weights), prefix=weights_prefix)
     return encoder
 

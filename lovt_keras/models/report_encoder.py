@@ -136,16 +136,15 @@ class BertReportEncoder(keras.layers.Layer):
 
 
 def bert_backbone_from_folder(folder: str, **kwargs) -> keras_hub.models.BertBackbone:
-    """Loads a BERT from a local model folder (HF format with ``config.json`` and
-    ``model.safetensors``, or a keras-hub preset folder). Never downloads."""
-    import os
+    """Loads a BERT from a local model folder: Hugging Face format (``config.json``,
+    ``vocab.txt`` and ``model.safetensors`` or ``pytorch_model.bin``, the latter read with
+    ``torch.load(weights_only=True)``, see :mod:`lovt_keras.weights.hf_bert`), or a
+    keras-hub preset folder. Never downloads; a folder that is not a BERT is a
+    ``ValueError`` saying why."""
+    from lovt_keras.weights.hf_bert import bert_preset_folder
 
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(
-            f"{folder}: no such folder (a BERT model folder, with vocab.txt, config.json "
-            "and the weights, is expected)"
-        )
-    return keras_hub.models.BertBackbone.from_preset(folder, **kwargs)
+    with bert_preset_folder(folder) as preset:
+        return keras_hub.models.BertBackbone.from_preset(preset, **kwargs)
 
 
 def minilm_folder() -> str:

@@ -105,15 +105,19 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
     """The encoders to evaluate, in table order: random init, weights files, checkpoints.
 
     Args:
-        checkpoints: method name -> pretraining run directory or ``image_encoder.keras``.
+        checkpoints: method name -> pretraining run directory, ``image_encoder.keras``,
+            or a torchvision ResNet state dict / official LoVT checkpoint (``.pt``,
+            ``.pth``, ``.ckpt``, ``.safetensors``; its depth read from the file).
         weights_files: method name -> local weights file of a ResNet of
-            ``weights_depth`` (e.g. ``{'ImageNet': '/weights/resnet50.weights.h5'}``).
+            ``weights_depth`` (e.g. ``{'ImageNet': '/weights/resnet50.weights.h5'}``; a
+            torchvision state dict too).
         random_init_depth: depth of the randomly initialized baseline; None = none.
         random_init_width: its first-stage filters (64 = the standard ResNet).
         weights_depth: depth of the ``weights_files`` ResNets.
         random_name: row name of the random baseline.
     """
     from lovt_keras.training.evaluation import from_checkpoint, from_weights_file, random_init
+    from lovt_keras.weights import is_state_dict_file, torchvision_depth
 
     encoders: dict[str, Callable] = {}
     if random_init_depth is not None:
@@ -123,7 +127,10 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
     for name, path in dict(checkpoints or {}).items():
         if name in encoders:
             raise ValueError(f"two encoders named {name!r}")
-        encoders[name] = from_checkpoint(path)
+        if is_state_dict_file(path):  # a PyTorch file: a ResNet of the file's depth
+            encoders[name] = from_weights_file(path, depth=torchvision_depth(path))
+        else:
+            encoders[name] = from_checkpoint(path)
     if not encoders:
         raise ValueError("lovt.eval_encoders: no encoder (set CHECKPOINTS, WEIGHTS_FILES or "
                          "random_init_depth)")
