@@ -152,6 +152,7 @@ def _required_macro_hint(name: str, parameter: str, item: Any = None) -> str:
 def _registrations() -> dict[str, Callable]:
     import keras_hub
 
+    from lovt_keras.analysis import analysis_program
     from lovt_keras.models import (
         BertReportEncoder,
         LoVTPretrainer,
@@ -183,6 +184,7 @@ def _registrations() -> dict[str, Callable]:
         "tokenizer_from_folder": data.tokenizer_from_folder,
         "trained_tokenizer": data.trained_tokenizer,
         "synthcxr_folder": data.synthcxr_folder,
+        "analyze": analysis_program.analyze,
     }
 
 
