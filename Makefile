@@ -24,6 +24,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tools.run --gin experiments/quickstart.gin --output_dir runs/quickstart
 
+# Speed, memory and FLOPs of one pretraining step per backend against plain PyTorch
+# (python -m tools.bench); one table of all backends at the end. Run it on a quiet machine.
+BENCH_CONFIG ?= full
+bench: $(STAMP)
+	@for b in $(BACKENDS); do $(PY) -m tools.bench --config $(BENCH_CONFIG) --backend $$b || exit 1; done
+	$(PY) -m tools.bench --table $(foreach b,$(BACKENDS),runs/bench/$(BENCH_CONFIG)-$(b).json)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lovt_keras tools tests
 
