@@ -36,3 +36,10 @@ MASKS = "masks"  # float32 (B, H, W, C) binary masks, one channel per class
 BOXES = "boxes"  # float32 (B, max_boxes, 4) x, y, w, h in pixels, zero-padded
 BOX_CLASSES = "box_classes"  # int32 (B, max_boxes) class ids, 0 where padded
 BOX_MASK = "box_mask"  # bool (B, max_boxes), True for real boxes
+
+# Image-only pretraining batches (SimCLR, BYOL, PixelPro; ``ImageOnlyBatches``): the
+# first view is ``images``.
+SECOND_IMAGES = "second_images"  # float32 (B, H, W, C) the second augmented view
+# float32 (B, 2, 2, 3): per view, the affine map from its pixel coordinates (x, y, 1)
+# to the source image's coordinates in units of the source diagonal.
+VIEW_TO_SOURCE = "view_to_source"

@@ -28,6 +28,14 @@ GIN_FILES = sorted(
     + ["gin/runs/pretrain.gin", TINY]
 )
 EXPERIMENTS = [f for f in GIN_FILES if f.startswith("experiments/")]
+# File name prefix -> the image-only pretrainer its files build.
+IMAGE_ONLY = {"simclr": "SimCLRPretrainer", "byol": "BYOLPretrainer",
+              "pixelpro": "PixelProPretrainer"}
+
+
+def _image_only_model(path: str) -> str | None:
+    """The image-only pretrainer a gin file builds (None: a LoVTPretrainer)."""
+    return IMAGE_ONLY.get(path.split("/")[-1].removesuffix(".gin").split("_")[0])
 
 
 def _files_for(path: str) -> list[str]:
@@ -95,8 +103,10 @@ def test_baselines_and_ablations_run_on_synthcxr_with_their_documented_command(
     # The tiny SynthCXR (32 / 16 training / validation studies, at most 16 / 8 used) in
     # full batches of 4; the experiments on 30 % of the data keep round(0.3 * 32) = 10.
     studies = 10 if path.endswith("_30.gin") or "ablations/" in path else 16
-    assert f"train: {studies // 4} batches (PretrainingBatches(studies={studies}, " in printed
-    assert "validation: 2 batches (PretrainingBatches(studies=8, " in printed
+    # The image-only baselines (SimCLR, BYOL, PixelPro) read the same studies as views.
+    batches = "ImageOnlyBatches" if _image_only_model(path) else "PretrainingBatches"
+    assert f"train: {studies // 4} batches ({batches}(studies={studies}, " in printed
+    assert f"validation: 2 batches ({batches}(studies=8, " in printed
     assert "image_size=64" in printed and printed.endswith("dry run OK: no run directory written\n")
 
 
@@ -104,6 +114,11 @@ def test_baselines_and_ablations_run_on_synthcxr_with_their_documented_command(
 def test_gin_file_parses_and_builds_its_model_with_tiny_on_top(path):
     spec = run.configure(_files_for(path), [])
     model = run.build_model(spec)
+    if _image_only_model(path):  # no report encoder; tiny.gin leaves their heads
+        assert type(model).__name__ == _image_only_model(path)
+        assert model.image_encoder.image_size == 64 and model.image_encoder.depth == 18
+        assert model.image_encoder.width == 8
+        return
     assert isinstance(model, LoVTPretrainer)
     # The overlay's sizes won. (Forward passes of every configuration are tested in
     # tests/models/lovt_pretrainer_test.py: the experiments map onto its VARIANTS below.)

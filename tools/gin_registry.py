@@ -153,10 +153,14 @@ def _registrations() -> dict[str, Callable]:
     import keras_hub
 
     from lovt_keras.analysis import analysis_program
+    from lovt_keras.data.image_only_batches import ImageOnlyBatches
     from lovt_keras.models import (
         BertReportEncoder,
+        BYOLPretrainer,
         LoVTPretrainer,
+        PixelProPretrainer,
         ResNetImageEncoder,
+        SimCLRPretrainer,
         bert_backbone_from_folder,
         minilm_folder,
         resnet_image_encoder,
@@ -184,6 +188,10 @@ def _registrations() -> dict[str, Callable]:
         "tokenizer_from_folder": data.tokenizer_from_folder,
         "trained_tokenizer": data.trained_tokenizer,
         "synthcxr_folder": data.synthcxr_folder,
+        "SimCLRPretrainer": SimCLRPretrainer,
+        "BYOLPretrainer": BYOLPretrainer,
+        "PixelProPretrainer": PixelProPretrainer,
+        "ImageOnlyBatches": ImageOnlyBatches,
         "analyze": analysis_program.analyze,
     }
 

@@ -17,6 +17,7 @@ __all__ = [
     "AugmentationParameters",
     "ConvirtAugmentation",
     "EvalTransform",
+    "ImageOnlyBatches",
     "ImageReadError",
     "PretrainingBatches",
     "ReportTokenizer",
@@ -49,6 +50,7 @@ __all__ = [
     "synthcxr_dir",
     "synthcxr_tokenizer",
     "to_uint8",
+    "view_to_source_matrix",
 ]
 
 _LAZY = {
@@ -56,6 +58,7 @@ _LAZY = {
     "ConvirtAugmentation": "lovt_keras.data.image_augment",
     "EvalTransform": "lovt_keras.data.image_augment",
     "FINDING_CLASSES": "lovt_keras.data.synthcxr",
+    "ImageOnlyBatches": "lovt_keras.data.image_only_batches",
     "ImageReadError": "lovt_keras.data.images",
     "PretrainingBatches": "lovt_keras.data.pretraining_dataset",
     "RANDOM_SENTENCE": "lovt_keras.data.text_augment",
@@ -91,6 +94,7 @@ _LAZY = {
     "synthcxr_dir": "lovt_keras.data.synthcxr",
     "synthcxr_tokenizer": "lovt_keras.data.pretraining_dataset",
     "to_uint8": "lovt_keras.data.images",
+    "view_to_source_matrix": "lovt_keras.data.image_only_batches",
 }
 
 

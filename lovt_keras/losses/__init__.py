@@ -1,4 +1,5 @@
-"""Contrastive losses of LoVT as pure ``keras.ops`` functions."""
+"""Contrastive losses of LoVT and of the image-only baselines as pure ``keras.ops``
+functions."""
 
 from lovt_keras.losses.contrastive import (
     GLOBAL_TEMPERATURE,
@@ -8,6 +9,17 @@ from lovt_keras.losses.contrastive import (
     local_report_loss,
     spatial_positive_weights,
 )
+from lovt_keras.losses.image_only import (
+    PIXPRO_DISTANCE_THRESHOLD,
+    PIXPRO_GAMMA,
+    SIMCLR_TEMPERATURE,
+    byol_loss,
+    nt_xent_loss,
+    pixel_propagation,
+    pixpro_loss,
+    pixpro_positive_mask,
+    region_centers,
+)
 
 __all__ = [
     "GLOBAL_TEMPERATURE",
@@ -16,4 +28,13 @@ __all__ = [
     "local_image_loss",
     "local_report_loss",
     "spatial_positive_weights",
+    "PIXPRO_DISTANCE_THRESHOLD",
+    "PIXPRO_GAMMA",
+    "SIMCLR_TEMPERATURE",
+    "byol_loss",
+    "nt_xent_loss",
+    "pixel_propagation",
+    "pixpro_loss",
+    "pixpro_positive_mask",
+    "region_centers",
 ]

@@ -17,6 +17,13 @@ from lovt_keras.models.image_encoder import (
     load_image_encoder_weights,
     resnet_image_encoder,
 )
+from lovt_keras.models.image_only_pretrainers import (
+    BYOLPretrainer,
+    PixelPropagation,
+    PixelProPretrainer,
+    SimCLRPretrainer,
+    TargetNetworkUpdate,
+)
 from lovt_keras.models.linear_segmentation import LinearSegmentationHead
 from lovt_keras.models.lovt_pretrainer import LOSS_NAMES, VARIANTS, LoVTPretrainer
 from lovt_keras.models.report_encoder import (
@@ -73,4 +80,9 @@ __all__ = [
     "resnet_image_encoder",
     "minilm_folder",
     "sentence_max_pool",
+    "BYOLPretrainer",
+    "PixelPropagation",
+    "PixelProPretrainer",
+    "SimCLRPretrainer",
+    "TargetNetworkUpdate",
 ]

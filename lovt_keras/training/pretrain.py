@@ -184,7 +184,9 @@ def pretrain(
         export: write ``image_encoder.keras`` and ``report_encoder.keras`` at the end
             (models with ``image_encoder`` and ``report_encoder`` attributes, such as
             ``LoVTPretrainer``; their batches are also checked against the encoders
-            with ``check_batch_fits_model``).
+            with ``check_batch_fits_model``); only ``image_encoder.keras`` for an
+            image-only model (an ``image_encoder`` and no ``report_encoder``, such as
+            ``SimCLRPretrainer``).
         export_checkpoint: which weights the returned model holds and the exported
             encoders get: ``"best"`` (the epoch with the best monitored loss, the
             official recipe with early stopping) or ``"last"`` (the final weights: for a
@@ -213,7 +215,7 @@ def pretrain(
     keras.utils.set_random_seed(seed)
     model = _build_model(model, policy)
     sample = train_data[0]
-    if _is_image_report_model(model):
+    if _is_image_report_model(model) or _is_image_only_model(model):
         check_batch_fits_model(model, sample)
     model(_head(sample, 2), training=False)  # creates the variables
 
@@ -246,6 +248,8 @@ def pretrain(
         result.image_encoder_path, result.report_encoder_path = export_encoders(
             model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
         )
+    elif export and _is_image_only_model(model):  # SimCLR, BYOL, PixelPro
+        result.image_encoder_path, _ = export_encoders(model, output_dir, sequence_length=0)
     if verbose:
         _report(state, monitor, export_checkpoint, output_dir, stream)
     return result
@@ -475,6 +479,12 @@ def _is_image_report_model(model) -> bool:
     return hasattr(model, "image_encoder") and hasattr(model, "report_encoder")
 
 
+def _is_image_only_model(model) -> bool:
+    """An image-only pretrainer (``SimCLRPretrainer``, ``BYOLPretrainer``,
+    ``PixelProPretrainer``): its batches hold images only, it exports its image encoder."""
+    return hasattr(model, "image_encoder") and not hasattr(model, "report_encoder")
+
+
 def _head(batch: dict, count: int) -> dict:
     return {k: v[:count] for k, v in batch.items()}
 
@@ -494,12 +504,17 @@ def _learning_rate(schedule, learning_rate, updates_per_epoch, epochs, warmup_ep
 def check_batch_fits_model(model: keras.Model, batch: dict) -> None:
     """Raises a ValueError naming the mismatch when a batch cannot feed the model.
 
+    An image-only model (no ``report_encoder``) needs ``images`` and ``second_images``
+    and gets the image size check only.
+
     Checks (where the model exposes them) the image size against
     ``model.image_encoder.image_size``, the token ids against the BERT vocabulary, the
     token budget T against its ``max_sequence_length`` and the sentence budget S
     against ``model.report_encoder.max_sentences``.
     """
-    missing = [k for k in keys.INPUT_KEYS if k not in batch]
+    image_only = _is_image_only_model(model)
+    required = (keys.IMAGES, keys.SECOND_IMAGES) if image_only else keys.INPUT_KEYS
+    missing = [k for k in required if k not in batch]
     if missing:
         raise ValueError(f"the batches lack the keys {missing} (have {sorted(batch)})")
     image_encoder = getattr(model, "image_encoder", None)
@@ -510,6 +525,8 @@ def check_batch_fits_model(model: keras.Model, batch: dict) -> None:
             f"the data's images are {height}x{width} but the image encoder expects "
             f"{image_size}x{image_size}; set the same image size for both"
         )
+    if image_only:
+        return
     report_encoder = getattr(model, "report_encoder", None)
     backbone = getattr(report_encoder, "backbone", None)
     vocabulary_size = getattr(backbone, "vocabulary_size", None)
