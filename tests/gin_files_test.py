@@ -27,6 +27,9 @@ GIN_FILES = sorted(
     [str(p.relative_to(REPO)) for folder in PRETRAIN_FOLDERS for p in (REPO / folder).rglob("*.gin")]
     + ["gin/runs/pretrain.gin", TINY]
 )
+# The analysis files build a pretraining model too but need a checkpoint
+# (tests/analysis/analysis_program_test.py runs one); their headers are checked here.
+ANALYSES = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments/analysis").rglob("*.gin"))
 EXPERIMENTS = [f for f in GIN_FILES if f.startswith("experiments/")]
 # File name prefix -> the image-only pretrainer its files build.
 IMAGE_ONLY = {"simclr": "SimCLRPretrainer", "byol": "BYOLPretrainer",
@@ -59,7 +62,7 @@ def test_the_expected_files_exist():
     assert expected <= set(GIN_FILES), sorted(expected - set(GIN_FILES))
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS)
+@pytest.mark.parametrize("path", EXPERIMENTS + ANALYSES)
 def test_experiment_files_open_with_what_how_expected_and_runtime(path):
     header = []
     for line in (REPO / path).read_text().splitlines():
