@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+# pytest-xdist workers per backend (2: the 2-core CI machine; each worker holds a framework).
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-large lint bench clean-venv
 
@@ -38,7 +40,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b ==="; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(PYTEST_ARGS) || status=1; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=10 $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 test-large: $(STAMP)
