@@ -32,6 +32,7 @@ from keras import ops
 from lovt_keras import keys
 from lovt_keras.layers import ProjectionHead
 from lovt_keras.losses import image_only
+from lovt_keras.models import named_losses
 from lovt_keras.models.image_encoder import flatten_regions
 
 # The "feature layer" that stands for the encoder's global average pooling (torchvision's
@@ -118,20 +119,11 @@ class ImageOnlyPretrainer(keras.Model):
         raise NotImplementedError
 
     def weighted_total(self, components: dict):
-        weights = self.loss_component_weights
-        total = ops.zeros((), dtype="float32")
-        for name, value in components.items():
-            total = total + weights[name] * ops.cast(value, "float32")
-        return total
+        """The total loss from the named components."""
+        return named_losses.weighted_total(components, self.loss_component_weights)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        components = self.loss_components(x, y_pred)
-        for name, value in components.items():
-            self.loss_trackers[name].update_state(value)
-        total = self.weighted_total(components)
-        if self.losses:
-            total = total + ops.cast(ops.sum(self.losses), "float32")
-        return total
+        return named_losses.compute_named_loss(self, x, y_pred)
 
     def get_config(self):
         config = super().get_config()

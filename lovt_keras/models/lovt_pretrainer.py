@@ -19,6 +19,7 @@ from lovt_keras.layers import (
     uniform_weights,
 )
 from lovt_keras.losses import contrastive
+from lovt_keras.models import named_losses
 from lovt_keras.models.image_encoder import flatten_regions
 
 IMAGE_POOLINGS = ("attention", "avg")
@@ -393,20 +394,10 @@ class LoVTPretrainer(keras.Model):
 
     def weighted_total(self, components: dict):
         """The total loss from the named components (see the class docstring)."""
-        weights = self.loss_component_weights
-        total = ops.zeros((), dtype="float32")
-        for name, value in components.items():
-            total = total + weights[name] * ops.cast(value, "float32")
-        return total
+        return named_losses.weighted_total(components, self.loss_component_weights)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        components = self.loss_components(x, y_pred)
-        for name, value in components.items():
-            self.loss_trackers[name].update_state(value)
-        total = self.weighted_total(components)
-        if self.losses:
-            total = total + ops.cast(ops.sum(self.losses), "float32")
-        return total
+        return named_losses.compute_named_loss(self, x, y_pred)
 
     def get_config(self):
         config = super().get_config()
