@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lovt_keras.analysis.embedding_metrics import upsample_attention
+from lovt_keras.analysis.plots import save_figure
 
 
 def plot_attention_pair(image: np.ndarray, sentences: Sequence[str],
@@ -80,16 +81,9 @@ def plot_attention_pair(image: np.ndarray, sentences: Sequence[str],
         ax.set_title("\n".join(textwrap.wrap(label, 34)[:4]), fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes, len(panels), path, dpi=90)
 
 
 def write_attention_html(pairs: Sequence[dict], path: str | os.PathLike,

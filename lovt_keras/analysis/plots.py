@@ -48,7 +48,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.
     return save_figure(fig, axes, len(keys), path)
 
 
-def save_figure(fig, axes, used: int, path: str | os.PathLike) -> Path:
+def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Hides the unused panels (those after the first ``used`` of ``axes``), writes the
     figure as a PNG (creating its folder), closes it and returns the path."""
     import matplotlib.pyplot as plt
@@ -58,6 +58,6 @@ def save_figure(fig, axes, used: int, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
