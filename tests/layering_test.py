@@ -22,7 +22,12 @@ FORBIDDEN = {
 
 # The one backend utility STYLE.md allows: torch's global generator drives the dropout
 # of keras-hub layers on PyTorch, so exact resumes save and restore it.
-ALLOWED = {"training/rng.py": {"torch"}}
+ALLOWED = {
+    "training/rng.py": {"torch"},
+    # The distribution engines (STYLE.md: per-backend code only where Keras requires it).
+    "training/distribution.py": {"jax", "tensorflow", "torch", "torch.distributed",
+                                 "torch.distributed.nn.functional"},
+}
 
 
 def _imports(path):

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return _dry_run(spec, args)
         output_dir = Path(args.output_dir or Path(RUNS_DIR) / Path(args.gin[-1]).stem)
+        if secondary_process():  # data parallel: process 0 writes the run's files
+            train_data, val_data = _build_data(spec)
+            spec.program(model=spec.model, train_data=train_data, val_data=val_data,
+                         output_dir=output_dir, verbose=0)
+            return 0
         resuming = prepare_output_dir(output_dir, _config_text(), args.overwrite)
         if resuming and _check_previous_run(output_dir):
             return 0
@@ -121,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     _write_operative_config(output_dir)
     _record_end(output_dir, result)
     return 0
+
+
+def secondary_process() -> bool:
+    """True in the processes of a multi-process data-parallel run other than process 0
+    (``torchrun``'s ``RANK``, Keras' ``KERAS_DISTRIBUTION_PROCESS_ID`` on JAX): they
+    train their share and write nothing."""
+    return any(int(os.environ.get(name, "0") or 0) > 0
+               for name in ("RANK", "KERAS_DISTRIBUTION_PROCESS_ID"))
 
 
 # --------------------------------------------------------------------------- backend

@@ -140,6 +140,10 @@ class ImageOnlyBatches(EpochTracking, keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def set_shard(self, index: int, count: int) -> None:
+        """This process's share of every batch (``PretrainingBatches.set_shard``)."""
+        self.source.set_shard(index, count)
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Batch ``index`` of the current epoch (see the module docstring for the keys)."""
         epoch = self._epoch
@@ -149,7 +153,8 @@ class ImageOnlyBatches(EpochTracking, keras.utils.PyDataset):
         size = self.image_size
         views = np.empty((2, len(rows), size, size, 1), np.float32)
         transforms = np.empty((len(rows), 2, 2, 3), np.float32)
-        first_position = index * self.batch_size
+        first_position = (index * self.batch_size
+                          + self.source.shard_index * self.source.local_batch_size)
         for k in range(len(rows)):
             pixels = raw[k].astype(np.float32) / np.float32(255.0)
             for view, stream in enumerate(_VIEW_STREAMS):

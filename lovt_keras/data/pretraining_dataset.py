@@ -259,7 +259,38 @@ class PretrainingBatches(EpochTracking, keras.utils.PyDataset):
         self._sentences = dataset.select_columns(["sentences"])
         self._order_lock = threading.Lock()
         self._orders: dict[int, np.ndarray] = {}
+        self.shard_index, self.shard_count = 0, 1
         self._init_epochs()
+
+    def set_shard(self, index: int, count: int) -> None:
+        """Serves this process's share of every batch: ``batch_size / count`` studies,
+        the ``index``-th contiguous block of the global batch (multi-process data
+        parallelism, see ``lovt_keras.training.distribution``).
+
+        The shares of the ``count`` processes put together are the unsharded batch,
+        images and augmentations included: every random choice depends on the study's
+        position in the global batch, not on the shard.
+
+        Raises:
+            ValueError: ``index`` outside ``[0, count)`` or ``batch_size`` not divisible
+                by ``count``.
+        """
+        index, count = int(index), int(count)
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count}: need 0 <= index < count")
+        if self.batch_size % count:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split into {count} equal shares; "
+                "use a batch size divisible by the number of processes"
+            )
+        if count > 1 and not self.drop_remainder:
+            raise ValueError("sharded batches need drop_remainder=True (equal shares)")
+        self.shard_index, self.shard_count = index, count
+
+    @property
+    def local_batch_size(self) -> int:
+        """Studies per batch served by this process (``batch_size / shard_count``)."""
+        return self.batch_size // self.shard_count
 
     def __len__(self) -> int:
         """Number of batches per epoch: ``num_studies // batch_size`` with
@@ -285,7 +316,8 @@ class PretrainingBatches(EpochTracking, keras.utils.PyDataset):
         return order
 
     def batch_rows(self, index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The studies of batch ``index`` and the dataset row chosen for each.
+        """The studies of batch ``index`` (this process's share, see ``set_shard``) and
+        the dataset row chosen for each.
 
         Returns:
             ``(studies, rows)``, int64 ``(B,)`` each: study indices (in order of first
@@ -294,8 +326,9 @@ class PretrainingBatches(EpochTracking, keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         epoch = self._epoch if epoch is None else int(epoch)
-        start = index * self.batch_size
-        studies = self.study_order(epoch)[start : start + self.batch_size]
+        start = index * self.batch_size + self.shard_index * self.local_batch_size
+        end = min(start + self.local_batch_size, (index + 1) * self.batch_size)
+        studies = self.study_order(epoch)[start:end]
         rows = np.empty(len(studies), np.int64)
         for k, study in enumerate(studies.tolist()):
             first, end = self._study_offsets[study], self._study_offsets[study + 1]
@@ -328,7 +361,7 @@ class PretrainingBatches(EpochTracking, keras.utils.PyDataset):
         size = self.image_size
         images = np.empty((len(rows), size, size, 1), np.float32)
         sentence_lists = []
-        first_position = index * self.batch_size
+        first_position = index * self.batch_size + self.shard_index * self.local_batch_size
         for k in range(len(rows)):
             pixels = raw[k].astype(np.float32) / np.float32(255.0)
             sentences = texts[k]

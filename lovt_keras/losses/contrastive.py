@@ -111,6 +111,9 @@ def global_contrastive_loss(
     image_global: Tensor,
     report_global: Tensor,
     temperature: float = GLOBAL_TEMPERATURE,
+    negative_groups: int = 1,
+    image_candidates: Tensor | None = None,
+    report_candidates: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Symmetric InfoNCE between global image and report embeddings of a batch.
 
@@ -118,10 +121,26 @@ def global_contrastive_loss(
     (B, B). The target of row k is column k; negatives are only the other samples of the
     batch, in the other modality.
 
+    Data-parallel training (``lovt_keras.training.distribution``) chooses where the
+    negatives come from with one of two optional arguments (the default is the whole
+    batch):
+
+    - ``negative_groups=G``: the batch is G contiguous blocks of B/G samples (the shares
+      of G devices) and each sample's negatives are the others of its block, as if each
+      device computed the loss of its share alone (the official single-GPU code's view of
+      a mini-batch of B/G).
+    - ``image_candidates`` / ``report_candidates``: the embeddings of all devices'
+      samples, gathered (``(N, D)``, this batch's rows among them); the anchors are this
+      batch's samples, their negatives are every gathered sample of the other modality.
+      The mean over the devices of this loss is the loss of the whole gathered batch.
+
     Args:
         image_global: ``(B, D)`` global image embeddings z̄^I, any float dtype.
         report_global: ``(B, D)`` global report embeddings z̄^R.
         temperature: softmax temperature tau (LoVT: 0.1).
+        negative_groups: number of blocks with negatives of their own (B divisible by it).
+        image_candidates, report_candidates: ``(N, D)`` gathered embeddings (both or
+            neither; not with ``negative_groups > 1``).
 
     Returns:
         ``{"global_image_to_report_loss": mean_k CE(logits[k, :], k),
@@ -134,15 +153,41 @@ def global_contrastive_loss(
     _check_rank(image_global, 2, "image_global", "(B, D)")
     _check_rank(report_global, 2, "report_global", "(B, D)")
     _check_same_static_shape(image_global, report_global, "image_global", "report_global")
+    gathered = (image_candidates is not None, report_candidates is not None)
+    if gathered[0] != gathered[1]:
+        raise ValueError("give both image_candidates and report_candidates, or neither")
+    if int(negative_groups) < 1:
+        raise ValueError(f"negative_groups must be >= 1, got {negative_groups}")
+    if gathered[0] and int(negative_groups) > 1:
+        raise ValueError("negative_groups > 1 and gathered candidates exclude each other")
 
     image_global = _l2_normalize(image_global)
     report_global = _l2_normalize(report_global)
-    logits = ops.matmul(image_global, ops.transpose(report_global)) / temperature  # (B, B)
-    # The diagonal of the logits, computed directly: the gradient of ops.diagonal fails
-    # in TensorFlow when the batch size is unknown at trace time (e.g. a PyDataset).
+    # The positives computed directly, not as a diagonal: the gradient of ops.diagonal
+    # fails in TensorFlow when the batch size is unknown at trace time (a PyDataset).
     positives = ops.sum(image_global * report_global, axis=-1) / temperature  # (B,)
-    image_to_report = ops.logsumexp(logits, axis=1) - positives  # (B,)
-    report_to_image = ops.logsumexp(logits, axis=0) - positives  # (B,)
+    if gathered[0]:
+        image_candidates = _l2_normalize(_as_float32(image_candidates))
+        report_candidates = _l2_normalize(_as_float32(report_candidates))
+        # rows: this batch's anchors; columns: every gathered sample of the other modality
+        image_logits = ops.matmul(image_global, ops.transpose(report_candidates))
+        report_logits = ops.matmul(report_global, ops.transpose(image_candidates))
+        image_to_report = ops.logsumexp(image_logits / temperature, axis=1) - positives
+        report_to_image = ops.logsumexp(report_logits / temperature, axis=1) - positives
+    elif int(negative_groups) > 1:
+        groups = int(negative_groups)
+        batch, dim = image_global.shape[0], image_global.shape[1]
+        if batch is not None and batch % groups:
+            raise ValueError(f"a batch of {batch} does not split into {groups} equal groups")
+        image_blocks = ops.reshape(image_global, (groups, -1, dim))
+        report_blocks = ops.reshape(report_global, (groups, -1, dim))
+        logits = ops.einsum("gkd,gld->gkl", image_blocks, report_blocks) / temperature
+        image_to_report = ops.reshape(ops.logsumexp(logits, axis=2), (-1,)) - positives
+        report_to_image = ops.reshape(ops.logsumexp(logits, axis=1), (-1,)) - positives
+    else:
+        logits = ops.matmul(image_global, ops.transpose(report_global)) / temperature  # (B, B)
+        image_to_report = ops.logsumexp(logits, axis=1) - positives  # (B,)
+        report_to_image = ops.logsumexp(logits, axis=0) - positives  # (B,)
     return {
         "global_image_to_report_loss": ops.mean(image_to_report),
         "global_report_to_image_loss": ops.mean(report_to_image),

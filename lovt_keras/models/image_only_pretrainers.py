@@ -159,6 +159,11 @@ class SimCLRPretrainer(ImageOnlyPretrainer):
         image_feature_layer: the map that is average-pooled (``"conv5"``).
     """
 
+    # NT-Xent takes its negatives from the whole batch: data parallel only where the
+    # loss sees the global batch (JAX), see lovt_keras.training.distribution.
+    uses_batch_negatives = True
+
+
     LOSS_NAMES = ("global_image_nt_xent_loss",)
 
     def __init__(self, image_encoder, projection_dim: int = 128,

@@ -66,11 +66,14 @@ class LossSpec:
 
 
 def _global_loss(model, inputs: dict, outputs: dict) -> dict:
+    image_global, report_global = outputs[keys.IMAGE_GLOBAL], outputs[keys.REPORT_GLOBAL]
+    # Data-parallel training sets where the negatives come from (see
+    # named_losses.cross_replica); the whole batch otherwise.
+    cross_replica = named_losses.cross_replica(model)
+    negatives = ({} if cross_replica is None
+                 else cross_replica.global_negatives(image_global, report_global))
     return contrastive.global_contrastive_loss(
-        outputs[keys.IMAGE_GLOBAL],
-        outputs[keys.REPORT_GLOBAL],
-        temperature=model.global_temperature,
-    )
+        image_global, report_global, temperature=model.global_temperature, **negatives)
 
 
 def _local_image_loss(model, inputs: dict, outputs: dict) -> dict:

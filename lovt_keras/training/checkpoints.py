@@ -271,12 +271,15 @@ class Checkpointer(keras.callbacks.Callback):
             that epoch (after ``fit`` has created its data iterator; see ``rng``).
         keep_best: write ``best.npz`` (False when the run keeps its final weights, so
             the best epoch's copy would never be read).
+        writes: False on the processes of a data-parallel run other than process 0:
+            they track the position but write nothing.
     """
 
     def __init__(self, directory: str | os.PathLike, state: TrainingState,
                  every_steps: int | None, batches_per_epoch: int, resume_offset: int = 0,
                  resume_metrics: list[np.ndarray] | None = None,
-                 resume_rng: dict[str, np.ndarray] | None = None, keep_best: bool = True):
+                 resume_rng: dict[str, np.ndarray] | None = None, keep_best: bool = True,
+                 writes: bool = True):
         super().__init__()
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}")
@@ -288,6 +291,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.resume_metrics = resume_metrics
         self.resume_rng = resume_rng
         self.keep_best = keep_best
+        self.writes = bool(writes)
         self._offset = 0
 
     @property
@@ -318,7 +322,8 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.step_in_epoch = self._offset + int(batch) + 1
         self.state.global_step += 1
         if (
-            self.every_steps
+            self.writes
+            and self.every_steps
             and self.state.global_step % self.every_steps == 0
             and self.state.step_in_epoch < self.batches_per_epoch
         ):
@@ -326,8 +331,9 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        if self.keep_best and self.state.best_epoch == epoch:
+        if self.writes and self.keep_best and self.state.best_epoch == epoch:
             save_checkpoint(self.best_path, model, self.state, optimizer=False, metrics=False)
         self.state.epoch = int(epoch) + 1
         self.state.step_in_epoch = 0
-        save_checkpoint(self.last_path, model, self.state, metrics=False)
+        if self.writes:
+            save_checkpoint(self.last_path, model, self.state, metrics=False)

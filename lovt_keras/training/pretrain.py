@@ -76,6 +76,7 @@ from lovt_keras.training.checkpoints import (
     save_checkpoint,
 )
 from lovt_keras.training.data import EpochView
+from lovt_keras.training.distribution import DataParallelSetup, setup_distribution
 from lovt_keras.training.schedules import CosinePerEpoch, CosineWithWarmup
 from lovt_keras.training.tensorboard import TensorBoardLogger
 
@@ -139,6 +140,12 @@ def pretrain(
     mixed_precision: bool | str = False,
     seed: int = 12345,
     jit_compile: bool | str = "auto",
+    distribution: str = "none",
+    negatives: str = "global",
+    sync_batch_norm: bool = False,
+    job_addresses: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
     tensorboard: bool = True,
     export: bool = True,
     export_checkpoint: str = "best",
@@ -180,6 +187,17 @@ def pretrain(
         mixed_precision: False, True (= ``"mixed_bfloat16"``) or a policy name.
         seed: seeds Python, NumPy and the backend before the model is built.
         jit_compile: passed to ``compile``.
+        distribution: ``"none"`` (one device) or ``"data_parallel"``: every device, with
+            the backend's engine (``lovt_keras.training.distribution``); the data's
+            batch size is the global batch, split over the devices.
+        negatives: data parallel: the global loss's negatives ``"global"`` (gathered
+            from every device: the single-device result on the same global batch) or
+            ``"per_device"`` (each device's share, as several independent mini-batches).
+        sync_batch_norm: data parallel on TensorFlow: BatchNorm statistics over the
+            global batch (JAX always; not available on PyTorch).
+        job_addresses, num_processes, process_id: JAX on several machines, passed to
+            ``keras.distribution.initialize`` (or its ``KERAS_DISTRIBUTION_*``
+            environment variables).
         tensorboard: write TensorBoard logs to ``output_dir/tensorboard``.
         export: write ``image_encoder.keras`` and ``report_encoder.keras`` at the end
             (models with ``image_encoder`` and ``report_encoder`` attributes, such as
@@ -209,36 +227,74 @@ def pretrain(
     policy = _policy_name(mixed_precision)
     stream = sys.stdout if stream is None else stream
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    setup = setup_distribution(distribution, negatives, sync_batch_norm, job_addresses,
+                               num_processes, process_id)
+    try:
+        return _pretrain(model, train_data, val_data, output_dir, setup, epochs=epochs,
+                         learning_rate=learning_rate, weight_decay=weight_decay,
+                         optimizer=optimizer, accumulation=accumulation, schedule=schedule,
+                         warmup_epochs=warmup_epochs, plateau_patience=plateau_patience,
+                         plateau_factor=plateau_factor,
+                         early_stopping_patience=early_stopping_patience,
+                         early_stopping_min_delta=early_stopping_min_delta,
+                         checkpoint_every_steps=checkpoint_every_steps, policy=policy,
+                         seed=seed, jit_compile=jit_compile, tensorboard=tensorboard,
+                         export=export, export_checkpoint=export_checkpoint,
+                         verbose=verbose, stream=stream)
+    finally:
+        setup.close()
+
+
+def _pretrain(model, train_data, val_data, output_dir: Path, setup: DataParallelSetup, *,
+              epochs, learning_rate, weight_decay, optimizer, accumulation, schedule,
+              warmup_epochs, plateau_patience, plateau_factor, early_stopping_patience,
+              early_stopping_min_delta, checkpoint_every_steps, policy, seed, jit_compile,
+              tensorboard, export, export_checkpoint, verbose, stream) -> PretrainResult:
+    """``pretrain`` once the engine runs (``setup``); only process 0 writes files."""
+    chief = setup.is_chief
+    if chief:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup.shard_data(train_data, val_data)
     batches_per_epoch = _batches_per_epoch(train_data, accumulation)
+    if setup.active and verbose:
+        print(f"training {setup.describe()}", file=stream, flush=True)
 
     keras.utils.set_random_seed(seed)
-    model = _build_model(model, policy)
-    sample = train_data[0]
-    if _is_image_report_model(model) or _is_image_only_model(model):
-        check_batch_fits_model(model, sample)
-    model(_head(sample, 2), training=False)  # creates the variables
+    with setup.scope():
+        model = _build_model(model, policy)
+        sample = train_data[0]
+        if _is_image_report_model(model) or _is_image_only_model(model):
+            check_batch_fits_model(model, sample)
+        model(_head(sample, 2), training=False)  # creates the variables
 
-    lr = _learning_rate(schedule, learning_rate, batches_per_epoch // accumulation, epochs,
-                        warmup_epochs, accumulation)
-    model.compile(optimizer=_make_optimizer(optimizer, lr, weight_decay, accumulation),
-                  jit_compile=jit_compile)
-    model.optimizer.build(model.trainable_variables)
-    _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
+        lr = _learning_rate(schedule, learning_rate, batches_per_epoch // accumulation,
+                            epochs, warmup_epochs, accumulation)
+        model.compile(optimizer=_make_optimizer(optimizer, lr, weight_decay, accumulation),
+                      jit_compile=jit_compile)
+        model.optimizer.build(model.trainable_variables)
+    if chief:
+        _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
 
     state, resume_metrics, resume_rng, resumed_from = _resume(
-        output_dir, model, seed, batches_per_epoch, stream=stream if verbose else None)
+        output_dir, model, seed, batches_per_epoch,
+        stream=stream if verbose and chief else None)
+    setup.prepare_model(model)
     monitor = "val_loss" if val_data is not None else "loss"
-    callbacks = _callbacks(
+    callbacks = setup.callbacks() + _callbacks(
         output_dir, state, train_data, monitor, resume_metrics=resume_metrics,
         resume_rng=resume_rng, epochs=epochs, batches_per_epoch=batches_per_epoch,
         checkpoint_every_steps=checkpoint_every_steps, schedule=schedule,
         plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         early_stopping_patience=early_stopping_patience,
-        early_stopping_min_delta=early_stopping_min_delta, tensorboard=tensorboard,
-        export_checkpoint=export_checkpoint, stream=stream if verbose else None,
+        early_stopping_min_delta=early_stopping_min_delta,
+        tensorboard=tensorboard and chief, export_checkpoint=export_checkpoint,
+        stream=stream if verbose and chief else None, writes=chief,
     )
-    _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks, verbose)
+    _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks,
+         verbose if chief else 0, wrap=setup.wrap_data)
+    if not chief:  # process 0 keeps and exports the weights
+        return PretrainResult(output_dir=output_dir, model=model, state=state, history=[],
+                              resumed_from=resumed_from)
     _finish(model, state, output_dir, export_checkpoint)
 
     result = PretrainResult(output_dir=output_dir, model=model, state=state,
@@ -365,16 +421,18 @@ def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str,
                checkpoint_every_steps: int | None, schedule: str, plateau_factor: float,
                plateau_patience: int, early_stopping_patience: int | None,
                early_stopping_min_delta: float, tensorboard: bool, export_checkpoint: str,
-               stream: TextIO | None) -> list[keras.callbacks.Callback]:
+               stream: TextIO | None, writes: bool = True) -> list[keras.callbacks.Callback]:
     """The callbacks of ``fit``, in the order they must run (each comment says why).
 
     ``stream``: where ``MetricsLogger`` prints one line per epoch (None: silent).
+    ``writes``: False on the processes of a data-parallel run other than process 0
+    (no metrics file, no checkpoint).
     """
     checkpointer = Checkpointer(
         output_dir / CHECKPOINT_DIR, state, checkpoint_every_steps, batches_per_epoch,
         resume_offset=state.step_in_epoch,
         resume_metrics=resume_metrics if state.step_in_epoch else None,
-        resume_rng=resume_rng, keep_best=export_checkpoint == "best",
+        resume_rng=resume_rng, keep_best=export_checkpoint == "best", writes=writes,
     )
     callbacks: list[keras.callbacks.Callback] = [
         StopOnNonFiniteLoss(resume_offset=state.step_in_epoch),  # first: before any saving
@@ -385,7 +443,8 @@ def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str,
         callbacks.append(ReduceLROnPlateau(state, monitor, plateau_factor, plateau_patience))
     callbacks.append(BestAndEarlyStopping(state, monitor, early_stopping_patience,
                                           early_stopping_min_delta))
-    callbacks.append(MetricsLogger(output_dir / METRICS_FILE, state, epochs, stream=stream))
+    if writes:
+        callbacks.append(MetricsLogger(output_dir / METRICS_FILE, state, epochs, stream=stream))
     if tensorboard:
         callbacks.append(TensorBoardLogger(output_dir / TENSORBOARD_DIR))
     callbacks.append(checkpointer)  # last: saves what the others updated
@@ -393,19 +452,21 @@ def _callbacks(output_dir: Path, state: TrainingState, train_data, monitor: str,
 
 
 def _fit(model: keras.Model, train_data, val_data, state: TrainingState, epochs: int,
-         batches_per_epoch: int, callbacks: list, verbose: int) -> None:
+         batches_per_epoch: int, callbacks: list, verbose: int, wrap=lambda data: data
+         ) -> None:
     """Trains the epochs that remain after ``state``: first the rest of an interrupted
-    epoch, then the following epochs (nothing once the run finished or stopped early)."""
-    fit_kwargs = dict(validation_data=val_data, callbacks=callbacks, shuffle=False,
+    epoch, then the following epochs (nothing once the run finished or stopped early).
+    ``wrap``: what ``fit`` gets for a ``PyDataset`` (``DataParallelSetup.wrap_data``)."""
+    fit_kwargs = dict(validation_data=wrap(val_data), callbacks=callbacks, shuffle=False,
                       verbose=1 if verbose >= 2 else 0)
     done = state.finished or state.stopped_early or state.epoch >= epochs
     if not done and state.step_in_epoch > 0:
         # The rest of the interrupted epoch, then the following epochs.
-        model.fit(EpochView(train_data, state.step_in_epoch, batches_per_epoch),
+        model.fit(wrap(EpochView(train_data, state.step_in_epoch, batches_per_epoch)),
                   epochs=state.epoch + 1, initial_epoch=state.epoch, **fit_kwargs)
         done = state.stopped_early or state.epoch >= epochs
     if not done:
-        model.fit(EpochView(train_data, 0, batches_per_epoch), epochs=epochs,
+        model.fit(wrap(EpochView(train_data, 0, batches_per_epoch)), epochs=epochs,
                   initial_epoch=state.epoch, **fit_kwargs)
 
 

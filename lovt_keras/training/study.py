@@ -71,7 +71,9 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
             ``lovt.run.model`` and ``lovt.run.train_data`` to None.
         output_dir: the study directory.
         verbose: 0 prints only the table, 1 also the plan and progress.
-        pretrain_gin: the gin files of every pretraining (a complete experiment).
+        pretrain_gin: the gin files of every pretraining (a complete experiment); may
+            be empty when every method names its own complete experiment in ``gin``
+            (methods with different programs or models, e.g. the image-only baselines).
         pretrain_bind: bindings of every pretraining (before the method's own), e.g.
             ``['lovt.pretrain.epochs = 6']``.
         methods: method name (a table row) -> ``{'gin': [files added after
@@ -97,8 +99,11 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
     """
     del model, train_data, val_data
     methods = _check_methods(methods)
-    if not pretrain_gin:
-        raise ValueError("lovt.study.pretrain_gin: give the pretraining experiment's gin file(s)")
+    without_gin = [name for name, spec in methods.items() if not spec.get("gin")]
+    if not pretrain_gin and without_gin:
+        raise ValueError(
+            "lovt.study.pretrain_gin: give the pretraining experiment's gin file(s) (or a "
+            f"'gin' list for every method; {without_gin} have none)")
     if not evaluation_gin:
         raise ValueError("lovt.study.evaluation_gin: give the evaluation's gin file(s)")
     out = Path(output_dir if output_dir is not None else "runs/study")

@@ -338,3 +338,30 @@ def test_fit_with_worker_threads_changes_weights(tiny_synthcxr):
     assert batches.epoch == 1
     changed = [not np.allclose(b, np.array(w)) for b, w in zip(before, model.trainable_weights)]
     assert sum(changed) > len(changed) // 2
+
+
+def test_shards_put_together_are_the_unsharded_batch(tokenizer):
+    # 7 studies, batches of 4 (1 per epoch with drop_remainder): 2 shares of 2 studies.
+    whole = _batches(_tiny_dataset(), tokenizer, batch_size=4, seed=3)
+    shards = [_batches(_tiny_dataset(), tokenizer, batch_size=4, seed=3) for _ in range(2)]
+    for index, shard in enumerate(shards):
+        shard.set_shard(index, 2)
+        assert shard.local_batch_size == 2 and len(shard) == len(whole) == 1
+    for epoch in range(3):  # new orders, image choices and augmentations each epoch
+        for data in (whole, *shards):
+            data.set_epoch(epoch)
+        studies = np.concatenate([s.batch_rows(0)[0] for s in shards])
+        np.testing.assert_array_equal(studies, whole.batch_rows(0)[0])
+        assert len(set(studies.tolist())) == 4  # no study dropped or repeated
+        parts = [s[0] for s in shards]
+        expected = whole[0]
+        for key, value in expected.items():
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value)
+
+
+def test_a_shard_that_does_not_divide_the_batch_is_refused(tokenizer):
+    batches = _batches(_tiny_dataset(), tokenizer, batch_size=3)
+    with pytest.raises(ValueError, match="batch_size 3 does not split into 2"):
+        batches.set_shard(0, 2)
+    with pytest.raises(ValueError, match="shard 2 of 2"):
+        batches.set_shard(2, 2)

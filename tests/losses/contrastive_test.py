@@ -312,6 +312,45 @@ def test_global_loss_matches_reference(temperature):
     )
 
 
+def test_global_loss_per_device_groups_are_independent_batches():
+    # negative_groups=G: the mean over the G blocks of each block's own loss (numpy loop).
+    rng = np.random.default_rng(1)
+    image, report = _random(rng, 8, 16), _random(rng, 8, 16)
+    values = _values(global_contrastive_loss(image, report, negative_groups=2))
+    blocks = [_ref_global(image[k:k + 4], report[k:k + 4], GLOBAL_TEMPERATURE) for k in (0, 4)]
+    np.testing.assert_allclose(
+        [values["global_image_to_report_loss"], values["global_report_to_image_loss"]],
+        np.mean(blocks, axis=0), rtol=RTOL, atol=ATOL)
+    whole = _values(global_contrastive_loss(image, report))
+    # Fewer negatives: a different (here lower) value than the whole batch's.
+    assert values["global_image_to_report_loss"] < whole["global_image_to_report_loss"]
+
+
+def test_global_loss_of_gathered_candidates_averages_to_the_whole_batch():
+    # Each of 2 devices computes its rows against all 8 gathered samples; the mean of
+    # the two values is the loss of the whole batch (data-parallel "global" negatives).
+    rng = np.random.default_rng(2)
+    image, report = _random(rng, 8, 16), _random(rng, 8, 16)
+    parts = [_values(global_contrastive_loss(image[k:k + 4], report[k:k + 4],
+                                             image_candidates=image,
+                                             report_candidates=report)) for k in (0, 4)]
+    whole = _ref_global(image, report, GLOBAL_TEMPERATURE)
+    for name, expected in zip(("global_image_to_report_loss", "global_report_to_image_loss"),
+                              whole):
+        assert np.mean([p[name] for p in parts]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_global_loss_negative_options_are_checked():
+    image = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="both image_candidates and report_candidates"):
+        global_contrastive_loss(image, image, image_candidates=image)
+    with pytest.raises(ValueError, match="exclude each other"):
+        global_contrastive_loss(image, image, negative_groups=2, image_candidates=image,
+                                report_candidates=image)
+    with pytest.raises(ValueError, match="does not split into 3"):
+        global_contrastive_loss(image, image, negative_groups=3)
+
+
 # ---------------------------------------------------------------------------------------
 # Local image loss.
 # ---------------------------------------------------------------------------------------

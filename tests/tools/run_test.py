@@ -366,3 +366,16 @@ def test_a_new_process_prints_no_start_up_noise():
     assert done.stderr == ("error: --bind 'IMAGE_SIZ = 32': no loaded gin file uses the macro "
                            "IMAGE_SIZ, so this binding would change nothing; did you mean "
                            "IMAGE_SIZE?\n")
+
+
+def test_only_process_0_of_a_data_parallel_run_writes_files(monkeypatch):
+    for name in ("RANK", "KERAS_DISTRIBUTION_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert not run.secondary_process()
+    monkeypatch.setenv("RANK", "0")  # torchrun's process 0
+    assert not run.secondary_process()
+    monkeypatch.setenv("RANK", "1")
+    assert run.secondary_process()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "3")  # JAX multi-host
+    assert run.secondary_process()

@@ -153,16 +153,26 @@ def test_study_stops_naming_the_failed_run(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown key"):
         study.study(output_dir=tmp_path, pretrain_gin=["p.gin"], methods={"LoVT": {"bnd": []}},
                     evaluation_gin=["e.gin"])
+    with pytest.raises(ValueError, match=r"\['BYOL'\] have none"):
+        study.study(output_dir=tmp_path, methods={"SimCLR": {"gin": ["s.gin"]}, "BYOL": {}},
+                    evaluation_gin=["e.gin"])
 
 
 @pytest.mark.parametrize("path", ["experiments/quickstart.gin",
-                                  "experiments/studies/ablations_synthcxr.gin"])
+                                  "experiments/studies/ablations_synthcxr.gin",
+                                  "experiments/studies/image_only_synthcxr.gin"])
 def test_study_files_dry_run_lists_every_command(path, capsys, tmp_path):
     assert run.main(["--gin", path, "--output_dir", str(tmp_path / "s"), "--dry_run"]) == 0
     printed = capsys.readouterr().out
     commands = [line.strip() for line in printed.splitlines()
                 if line.strip().startswith("python -m tools.run")]
     assert commands[-1].startswith("python -m tools.run --gin experiments/eval/")
+    if path.endswith("image_only_synthcxr.gin"):  # every method its own experiment
+        for command, name in zip(commands[:-1], ["simclr"] * 3 + ["byol"] * 3 + ["pixelpro"] * 3):
+            assert command.startswith(
+                f"python -m tools.run --gin experiments/baselines/{name}_synthcxr.gin")
+        assert len(commands) == 10 and not (tmp_path / "s").exists()
+        return
     for command in commands[:-1]:
         assert command.startswith("python -m tools.run --gin experiments/pretrain/quickstart.gin")
     if path == "experiments/quickstart.gin":
