@@ -406,7 +406,51 @@ class _AverageOverProcesses(keras.callbacks.Callback):
     """First callback of a DDP run: averages the epoch logs (loss, val_loss, every
     component) over the processes, so that early stopping and the best checkpoint decide
     alike everywhere, and the BatchNorm moving statistics, so that every process keeps
-    the same model."""
+    the same model. After every batch it also sums the metric variables' increments
+    (sums and counts of the running means) over the processes, so that every process
+    holds the means of the global batches, and a mid-epoch checkpoint resumes on any
+    number of processes."""
+
+    def __init__(self):
+        super().__init__()
+        self._synced = None  # the metric variables after the last sum, flat
+
+    def _metric_variables(self):
+        import torch
+
+        return [v for v in self.model.metrics_variables if torch.is_floating_point(v.value)]
+
+    def _flat(self, variables):
+        import torch
+
+        return torch.cat([v.value.detach().reshape(-1).double().cpu() for v in variables])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._synced = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        variables = self._metric_variables()
+        if self._synced is None and variables:
+            # after Keras' reset and a resumed checkpoint's metrics, before any update
+            self._synced = self._flat(variables)
+
+    def on_train_batch_end(self, batch, logs=None):
+        import torch
+        import torch.distributed as dist
+
+        variables = self._metric_variables()
+        if not variables or self._synced is None:
+            return
+        with torch.no_grad():
+            increment = (self._flat(variables) - self._synced).to(_reduce_device())
+            dist.all_reduce(increment)
+            self._synced = self._synced + increment.cpu()
+            offset = 0
+            for variable in variables:
+                size = variable.value.numel()
+                variable.value.copy_(
+                    self._synced[offset:offset + size].reshape(variable.value.shape))
+                offset += size
 
     def on_epoch_end(self, epoch, logs=None):
         import torch

@@ -256,7 +256,7 @@ def _pretrain(model, train_data, val_data, output_dir: Path, setup: DataParallel
         output_dir.mkdir(parents=True, exist_ok=True)
     setup.shard_data(train_data, val_data)
     batches_per_epoch = _batches_per_epoch(train_data, accumulation)
-    if setup.active and verbose:
+    if setup.active and verbose and chief:
         print(f"training {setup.describe()}", file=stream, flush=True)
 
     keras.utils.set_random_seed(seed)

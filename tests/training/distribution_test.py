@@ -238,3 +238,37 @@ def test_pretraining_on_two_devices_matches_one_and_resumes_on_one(tmp_path):
         # gradients moves some weights by up to a few learning rates (1e-3).
         assert max(float(np.max(np.abs(weights[k] - reference_weights[k])))
                    for k in reference_weights) < 1e-2
+
+
+@pytest.mark.large
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's DistributedDataParallel")
+def test_ddp_pretraining_matches_one_process_and_resumes_on_one(tmp_path):
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    frozen = ["--frozen_batch_norm"]
+    _pretrain(tmp_path, one, 1, *frozen)
+
+    def two_ranks(out, *extra):
+        port, processes = str(_free_port()), []
+        for rank in range(2):
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            processes.append(subprocess.Popen(
+                [sys.executable, str(WORKER), "pretrain", str(out), "--devices", "2",
+                 "--cache", str(tmp_path / "synthcxr"), *frozen, *extra], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [p.communicate(timeout=900)[0] for p in processes]
+        assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:]
+        return outputs
+
+    outputs = two_ranks(two)
+    assert "data parallel on 2 devices in 2 processes" in outputs[0]
+    assert "epoch 1/2" not in outputs[1]  # rank 1 prints and writes nothing
+    two_ranks(resumed, "--stop_after", "3")
+    assert "resuming" in _pretrain(tmp_path, resumed, 1, *frozen)
+    reference = _records(one)
+    for out in (two, resumed):
+        records = _records(out)
+        assert len(records) == 2
+        for record, expected, rel in zip(records, reference, (1e-4, 1e-3)):
+            for name in ("loss", "val_loss", "global_image_to_report_loss"):
+                assert record[name] == pytest.approx(expected[name], rel=rel), (out, name)
