@@ -163,7 +163,6 @@ class SimCLRPretrainer(ImageOnlyPretrainer):
     # loss sees the global batch (JAX), see lovt_keras.training.distribution.
     uses_batch_negatives = True
 
-
     LOSS_NAMES = ("global_image_nt_xent_loss",)
 
     def __init__(self, image_encoder, projection_dim: int = 128,

@@ -159,6 +159,12 @@ class DataParallelSetup:
         if self.backend == "jax" and self.distribution != "none":
             keras.distribution.set_distribution(self.previous)
 
+    def __enter__(self) -> DataParallelSetup:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 class CrossReplicaLoss:
     """What a pretrainer's loss needs to know of data parallelism (set as its
@@ -202,7 +208,8 @@ def setup_distribution(distribution: str = "none", negatives: str = "global",
         job_addresses, num_processes, process_id: JAX multi-host, passed to
             ``keras.distribution.initialize`` (or from its environment variables
             ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``..._NUM_PROCESSES``,
-            ``..._PROCESS_ID``; on a Cloud TPU VM all three can stay unset).
+            ``..._PROCESS_ID``; on a Cloud TPU VM slice only the number of processes:
+            JAX finds the rest). Without any of them the run stays on this host.
         devices: JAX/TensorFlow: the devices to use (default: all).
 
     Raises:

@@ -76,7 +76,7 @@ from lovt_keras.training.checkpoints import (
     save_checkpoint,
 )
 from lovt_keras.training.data import EpochView
-from lovt_keras.training.distribution import DataParallelSetup, setup_distribution
+from lovt_keras.training.distribution import setup_distribution
 from lovt_keras.training.schedules import CosinePerEpoch, CosineWithWarmup
 from lovt_keras.training.tensorboard import TensorBoardLogger
 
@@ -227,88 +227,68 @@ def pretrain(
     policy = _policy_name(mixed_precision)
     stream = sys.stdout if stream is None else stream
     output_dir = Path(output_dir)
-    setup = setup_distribution(distribution, negatives, sync_batch_norm, job_addresses,
-                               num_processes, process_id)
-    try:
-        return _pretrain(model, train_data, val_data, output_dir, setup, epochs=epochs,
-                         learning_rate=learning_rate, weight_decay=weight_decay,
-                         optimizer=optimizer, accumulation=accumulation, schedule=schedule,
-                         warmup_epochs=warmup_epochs, plateau_patience=plateau_patience,
-                         plateau_factor=plateau_factor,
-                         early_stopping_patience=early_stopping_patience,
-                         early_stopping_min_delta=early_stopping_min_delta,
-                         checkpoint_every_steps=checkpoint_every_steps, policy=policy,
-                         seed=seed, jit_compile=jit_compile, tensorboard=tensorboard,
-                         export=export, export_checkpoint=export_checkpoint,
-                         verbose=verbose, stream=stream)
-    finally:
-        setup.close()
+    # The engine runs inside the block (JAX: the previous Keras distribution comes back
+    # after it); only process 0 writes files.
+    with setup_distribution(distribution, negatives, sync_batch_norm, job_addresses,
+                            num_processes, process_id) as setup:
+        chief = setup.is_chief
+        if chief:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        setup.shard_data(train_data, val_data)
+        batches_per_epoch = _batches_per_epoch(train_data, accumulation)
+        if setup.active and verbose and chief:
+            print(f"training {setup.describe()}", file=stream, flush=True)
 
+        keras.utils.set_random_seed(seed)
+        with setup.scope():
+            model = _build_model(model, policy)
+            sample = train_data[0]
+            if _is_image_report_model(model) or _is_image_only_model(model):
+                check_batch_fits_model(model, sample)
+            model(_head(sample, 2), training=False)  # creates the variables
 
-def _pretrain(model, train_data, val_data, output_dir: Path, setup: DataParallelSetup, *,
-              epochs, learning_rate, weight_decay, optimizer, accumulation, schedule,
-              warmup_epochs, plateau_patience, plateau_factor, early_stopping_patience,
-              early_stopping_min_delta, checkpoint_every_steps, policy, seed, jit_compile,
-              tensorboard, export, export_checkpoint, verbose, stream) -> PretrainResult:
-    """``pretrain`` once the engine runs (``setup``); only process 0 writes files."""
-    chief = setup.is_chief
-    if chief:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    setup.shard_data(train_data, val_data)
-    batches_per_epoch = _batches_per_epoch(train_data, accumulation)
-    if setup.active and verbose and chief:
-        print(f"training {setup.describe()}", file=stream, flush=True)
+            lr = _learning_rate(schedule, learning_rate, batches_per_epoch // accumulation,
+                                epochs, warmup_epochs, accumulation)
+            model.compile(optimizer=_make_optimizer(optimizer, lr, weight_decay, accumulation),
+                          jit_compile=jit_compile)
+            model.optimizer.build(model.trainable_variables)
+        if chief:
+            _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
 
-    keras.utils.set_random_seed(seed)
-    with setup.scope():
-        model = _build_model(model, policy)
-        sample = train_data[0]
-        if _is_image_report_model(model) or _is_image_only_model(model):
-            check_batch_fits_model(model, sample)
-        model(_head(sample, 2), training=False)  # creates the variables
-
-        lr = _learning_rate(schedule, learning_rate, batches_per_epoch // accumulation,
-                            epochs, warmup_epochs, accumulation)
-        model.compile(optimizer=_make_optimizer(optimizer, lr, weight_decay, accumulation),
-                      jit_compile=jit_compile)
-        model.optimizer.build(model.trainable_variables)
-    if chief:
-        _write_data_info(output_dir, train_data, batches_per_epoch, accumulation)
-
-    state, resume_metrics, resume_rng, resumed_from = _resume(
-        output_dir, model, seed, batches_per_epoch,
-        stream=stream if verbose and chief else None)
-    setup.prepare_model(model)
-    monitor = "val_loss" if val_data is not None else "loss"
-    callbacks = setup.callbacks() + _callbacks(
-        output_dir, state, train_data, monitor, resume_metrics=resume_metrics,
-        resume_rng=resume_rng, epochs=epochs, batches_per_epoch=batches_per_epoch,
-        checkpoint_every_steps=checkpoint_every_steps, schedule=schedule,
-        plateau_factor=plateau_factor, plateau_patience=plateau_patience,
-        early_stopping_patience=early_stopping_patience,
-        early_stopping_min_delta=early_stopping_min_delta,
-        tensorboard=tensorboard and chief, export_checkpoint=export_checkpoint,
-        stream=stream if verbose and chief else None, writes=chief,
-    )
-    _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks,
-         verbose if chief else 0, wrap=setup.wrap_data)
-    if not chief:  # process 0 keeps and exports the weights
-        return PretrainResult(output_dir=output_dir, model=model, state=state, history=[],
-                              resumed_from=resumed_from)
-    _finish(model, state, output_dir, export_checkpoint)
-
-    result = PretrainResult(output_dir=output_dir, model=model, state=state,
-                            history=read_metrics(output_dir / METRICS_FILE),
-                            resumed_from=resumed_from)
-    if export and _is_image_report_model(model):
-        result.image_encoder_path, result.report_encoder_path = export_encoders(
-            model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
+        state, resume_metrics, resume_rng, resumed_from = _resume(
+            output_dir, model, seed, batches_per_epoch,
+            stream=stream if verbose and chief else None)
+        setup.prepare_model(model)
+        monitor = "val_loss" if val_data is not None else "loss"
+        callbacks = setup.callbacks() + _callbacks(
+            output_dir, state, train_data, monitor, resume_metrics=resume_metrics,
+            resume_rng=resume_rng, epochs=epochs, batches_per_epoch=batches_per_epoch,
+            checkpoint_every_steps=checkpoint_every_steps, schedule=schedule,
+            plateau_factor=plateau_factor, plateau_patience=plateau_patience,
+            early_stopping_patience=early_stopping_patience,
+            early_stopping_min_delta=early_stopping_min_delta,
+            tensorboard=tensorboard and chief, export_checkpoint=export_checkpoint,
+            stream=stream if verbose and chief else None, writes=chief,
         )
-    elif export and _is_image_only_model(model):  # SimCLR, BYOL, PixelPro
-        result.image_encoder_path, _ = export_encoders(model, output_dir, sequence_length=0)
-    if verbose:
-        _report(state, monitor, export_checkpoint, output_dir, stream)
-    return result
+        _fit(model, train_data, val_data, state, epochs, batches_per_epoch, callbacks,
+             verbose if chief else 0, wrap=setup.wrap_data)
+        if not chief:  # process 0 keeps and exports the weights
+            return PretrainResult(output_dir=output_dir, model=model, state=state, history=[],
+                                  resumed_from=resumed_from)
+        _finish(model, state, output_dir, export_checkpoint)
+
+        result = PretrainResult(output_dir=output_dir, model=model, state=state,
+                                history=read_metrics(output_dir / METRICS_FILE),
+                                resumed_from=resumed_from)
+        if export and _is_image_report_model(model):
+            result.image_encoder_path, result.report_encoder_path = export_encoders(
+                model, output_dir, sequence_length=sample[keys.TOKEN_IDS].shape[1]
+            )
+        elif export and _is_image_only_model(model):  # SimCLR, BYOL, PixelPro
+            result.image_encoder_path, _ = export_encoders(model, output_dir, sequence_length=0)
+        if verbose:
+            _report(state, monitor, export_checkpoint, output_dir, stream)
+        return result
 
 
 def _check_arguments(optimizer: str, export_checkpoint: str, schedule: str, epochs: int,
