@@ -233,39 +233,61 @@ class DetectionMAP:
                 self._detections[c].append((self.num_images, pred_scores[in_class], ious))
         self.num_images += 1
 
+    @staticmethod
+    def _image_true_positives(scores: np.ndarray, ious: np.ndarray,
+                              iou_threshold: float) -> np.ndarray:
+        """1.0 for each prediction of one image (and class) that matches a free GT.
+
+        Greedy in descending score order (stable: equal scores in prediction order,
+        which is their order in the class-wide ranking too, since matching never
+        crosses images). Only predictions with some IoU above the threshold can match,
+        so only those are visited, and the visit ends when every GT is taken.
+        """
+        is_tp = np.zeros(len(scores), dtype=np.float64)
+        if ious.shape[1] == 0:
+            return is_tp
+        above = ious > iou_threshold
+        rows = np.flatnonzero(above.any(axis=1))
+        if rows.size == 0:
+            return is_tp
+        rows = rows[np.argsort(-scores[rows], kind="stable")]
+        taken = np.zeros(ious.shape[1], dtype=bool)
+        for p in rows:
+            candidates = above[p] & ~taken
+            if candidates.any():
+                # Best free GT above the threshold; on equal IoU the higher index, as the
+                # library's reversed argsort visits it first.
+                best = ious[p][candidates].max()
+                gt_index = np.flatnonzero(candidates & (ious[p] == best))[-1]
+                taken[gt_index] = True
+                is_tp[p] = 1.0
+                if taken.all():
+                    break
+        return is_tp
+
     def _class_average_precision(self, class_id: int, iou_threshold: float) -> float:
         entries = self._detections[class_id]
         if not entries:
             return 0.0
-        image_ids = np.concatenate([np.full(len(s), i) for i, s, _ in entries])
         scores = np.concatenate([s for _, s, _ in entries])
-        rows = [(k, p) for k, (_, s, _) in enumerate(entries) for p in range(len(s))]
+        matches = np.concatenate([
+            self._image_true_positives(s, ious, iou_threshold) for _, s, ious in entries
+        ])
         order = np.argsort(-scores, kind="stable")
-        matched: dict[int, np.ndarray] = {
-            i: np.zeros(ious.shape[1], dtype=bool) for i, _, ious in entries
-        }
-        is_tp = np.zeros(len(order), dtype=np.float64)
-        for rank, d in enumerate(order):
-            k, p = rows[d]
-            ious = entries[k][2][p]
-            taken = matched[int(image_ids[d])]
-            candidates = (ious > iou_threshold) & ~taken
-            if np.any(candidates):
-                # Best free GT above the threshold; on equal IoU the higher index, as the
-                # library's reversed argsort visits it first.
-                best = np.max(ious[candidates])
-                gt_index = np.where(candidates & (ious == best))[0][-1]
-                taken[gt_index] = True
-                is_tp[rank] = 1.0
+        is_tp = matches[order]
         cum_tp = np.cumsum(is_tp)
         cum_fp = np.cumsum(1.0 - is_tp)
         recall = cum_tp / max(float(self.num_gt[class_id]), 1.0)
         precision = cum_tp / np.maximum(cum_tp + cum_fp, np.finfo(np.float64).eps)
+        # max(precision[recall >= r]) for every r: recall never decreases, so it is the
+        # running maximum from the end, read at the first rank reaching r.
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        first = np.searchsorted(recall, self.recall_thresholds, side="left")
+        reached = first < recall.size
+        interpolated = np.where(reached, envelope[np.minimum(first, recall.size - 1)], 0.0)
         average_precision = 0.0
-        for r in self.recall_thresholds:
-            reached = recall >= r
-            p = np.max(precision[reached]) if np.any(reached) else 0.0
-            average_precision += p / self.recall_thresholds.size
+        for p in interpolated:  # summed in threshold order, as before
+            average_precision += float(p) / self.recall_thresholds.size
         return float(average_precision)
 
     def average_precisions(self) -> np.ndarray:

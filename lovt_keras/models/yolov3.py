@@ -594,7 +594,8 @@ def decode_predictions(
             [np.stack([cx, cy, w, h, _sigmoid(p[..., 4])], -1), _sigmoid(p[..., 5:])], -1
         )
         decoded.append(out.reshape(batch, -1, attributes))
-    return np.concatenate(decoded, axis=1).astype(np.float32)
+    with np.errstate(over="ignore"):  # an untrained head's exp overflows float32: inf
+        return np.concatenate(decoded, axis=1).astype(np.float32)
 
 
 # Rows of the IoU matrix computed at once by non_max_suppression: (block, N) float64

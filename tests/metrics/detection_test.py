@@ -81,9 +81,10 @@ def _reference_map(predictions, ground_truths, num_classes, iou_thresholds):
     return aps
 
 
-def _random_case(rng, num_images, num_classes, integer=True):
+def _random_case(rng, num_images, num_classes, integer=True, max_copies=3, score_levels=None):
     """Images with 0-4 GT boxes (often overlapping), jittered and duplicated predictions of
-    them (mostly with the right class) and clutter; integer coordinates give IoU ties."""
+    them (mostly with the right class) and clutter; integer coordinates give IoU ties,
+    ``score_levels`` distinct scores give score ties within and across images."""
     predictions, ground_truths = [], []
     for _ in range(num_images):
         num_gt = int(rng.integers(0, 5))
@@ -91,7 +92,7 @@ def _random_case(rng, num_images, num_classes, integer=True):
         sizes = rng.uniform(5, 30, size=(num_gt, 2))
         gt = np.concatenate([centres - sizes / 2, sizes], 1)
         gt_classes = rng.integers(0, num_classes, size=num_gt)
-        copies = rng.integers(0, 3, size=num_gt)
+        copies = rng.integers(0, max_copies, size=num_gt)
         jittered = np.repeat(gt, copies, axis=0)
         jittered = jittered + rng.normal(scale=2.0, size=jittered.shape)
         jittered[:, 2:] = np.abs(jittered[:, 2:])
@@ -109,6 +110,8 @@ def _random_case(rng, num_images, num_classes, integer=True):
         if integer:
             gt, boxes = np.round(gt), np.round(boxes)
         scores = rng.random(len(boxes))
+        if score_levels is not None:
+            scores = np.floor(scores * score_levels) / score_levels
         predictions.append((boxes, scores, pred_classes))
         ground_truths.append((gt, gt_classes))
     return predictions, ground_truths
@@ -205,12 +208,18 @@ def test_equal_scores_keep_insertion_order():
 # -------------------------------------------------------------- against the reference
 
 
-@pytest.mark.parametrize("seed,num_classes,integer", [(0, 1, True), (1, 1, False), (2, 3, True)])
-def test_matches_reference_on_random_cases(seed, num_classes, integer):
+@pytest.mark.parametrize(
+    "seed,num_classes,integer,max_copies,score_levels",
+    [(0, 1, True, 3, None), (1, 1, False, 3, None), (2, 3, True, 3, None),
+     # many duplicates per GT with tied scores: every GT gets taken, ties ordered
+     (3, 1, True, 12, 4), (4, 2, True, 12, 3)],
+)
+def test_matches_reference_on_random_cases(seed, num_classes, integer, max_copies,
+                                           score_levels):
     rng = np.random.default_rng(seed)
     for _ in range(4):
         predictions, ground_truths = _random_case(
-            rng, int(rng.integers(1, 8)), num_classes, integer
+            rng, int(rng.integers(1, 8)), num_classes, integer, max_copies, score_levels
         )
         expected = _reference_map(predictions, ground_truths, num_classes, LOVT_IOU_THRESHOLDS)
         metric = DetectionMAP(num_classes)
