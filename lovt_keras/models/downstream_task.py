@@ -24,7 +24,8 @@ Modes:
   is the same model, loss and updates as the frozen mode on the images, with one
   encoder pass per image instead of one per image and epoch (the fast path of
   :mod:`lovt_keras.training.linear_probe`). Only heads that read no more than those
-  maps can run on them (not the U-Net, which also reads the images).
+  maps can run on them; ``images`` among the names passes the images themselves (the
+  U-Net's input skip).
 """
 
 from __future__ import annotations

@@ -38,15 +38,23 @@ class DownstreamHead:
         task_type: ``"segmentation"`` or ``"detection"``.
         feature_layers: ``feature_layers(head) -> tuple`` of the encoder feature maps the
             built head reads (checked against the encoder, and the maps cached).
-        cacheable: a frozen task may train this head on cached encoder features: the
-            head reads only ``feature_layers`` (not the images) and they are small enough
-            to keep for every image.
+        cacheable: a frozen task may train this head on cached encoder features (the
+            ``feature_layers``, plus the images where ``reads_images``), computed once
+            per image instead of once per image and epoch.
+        reads_images: ``reads_images(head) -> bool``: the built head also reads the
+            images (the U-Net's last skip), which are then cached with the maps.
+        cache_on_disk: the cache may spill to memory-mapped files when it exceeds the
+            feature store's memory budget; False: cache only what fits in memory (the
+            U-Net's maps, 9 MB per 224 px image for a ResNet-50, would fill tens of GB
+            of disk for a SIIM split).
     """
 
     build: Callable[..., keras.layers.Layer]
     task_type: str
     feature_layers: Callable[[keras.layers.Layer], tuple[str, ...]]
     cacheable: bool = False
+    reads_images: Callable[[keras.layers.Layer], bool] = lambda head: False
+    cache_on_disk: bool = True
 
     def __post_init__(self):
         if self.task_type not in TASK_TYPES:
@@ -76,7 +84,8 @@ DOWNSTREAM_HEADS: dict[str, DownstreamHead] = {
     "unet": DownstreamHead(
         build=_unet, task_type=SEGMENTATION,
         feature_layers=lambda head: ("conv5", *(n for n in head.skip_layers if n != keys.IMAGES)),
-        cacheable=False,
+        cacheable=True, reads_images=lambda head: keys.IMAGES in head.skip_layers,
+        cache_on_disk=False,
     ),
     "yolov3": DownstreamHead(
         build=_yolov3, task_type=DETECTION,

@@ -26,8 +26,8 @@ downloaded). Beyond those factories, the code here relies only on the image enco
 contract of :mod:`lovt_keras.models.encoder_contract`, so any backbone meeting it can be
 evaluated (a factory may be any ``image_size -> encoder`` callable).
 
-Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation, YOLOv3)
-take the cached-feature fast path of :mod:`lovt_keras.training.linear_probe` (same
+Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation, YOLOv3,
+U-Net) take the cached-feature fast path of :mod:`lovt_keras.training.linear_probe` (same
 result, one encoder pass per image instead of one per image and epoch).
 """
 
@@ -45,6 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from lovt_keras import keys
 from lovt_keras.data.downstream_batches import (
     DETECTION,
     SEGMENTATION,
@@ -365,15 +366,30 @@ def scaled_anchors(image_size: int) -> np.ndarray:
 
 
 def uses_feature_cache(task: EvalTask) -> bool:
-    """Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation and
-    YOLOv3; the U-Net also reads the large conv1/conv2 maps and the images) can run on
-    cached encoder features."""
+    """Frozen tasks whose head is ``cacheable`` in the registry (linear segmentation,
+    YOLOv3, and the U-Net, which also reads the images and caches in memory only) can
+    run on cached encoder features."""
     return task.frozen and downstream_head(task.head).cacheable
 
 
-def _feature_bytes(encoder: keras.Model, layers: Sequence[str], rows: int) -> int | None:
-    """float32 bytes of ``layers`` for ``rows`` images (None if the shapes are not static)."""
+def _cached_inputs(task: EvalTask, head: keras.layers.Layer) -> tuple[str, ...]:
+    """What a frozen run of ``task`` caches: the maps the head reads (and ``images``
+    where the head reads them too); empty when the task takes no cache."""
+    if not uses_feature_cache(task):
+        return ()
+    spec = downstream_head(task.head)
+    layers = tuple(spec.feature_layers(head))
+    return (*layers, keys.IMAGES) if spec.reads_images(head) else layers
+
+
+def _feature_bytes(encoder: keras.Model, layers: Sequence[str], rows: int,
+                   image_size: int) -> int | None:
+    """float32 bytes of ``layers`` (``images``: one channel of ``image_size`` squared)
+    for ``rows`` images (None if the shapes are not static)."""
     total = 0
+    if keys.IMAGES in layers:
+        total += image_size * image_size * 4 * rows
+        layers = [name for name in layers if name != keys.IMAGES]
     for shape in feature_shapes(encoder, layers).values():
         if any(s is None for s in shape):
             return None
@@ -474,7 +490,7 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
                   use_feature_cache: bool | None, verbose: int) -> dict:
     """The body of :func:`run_task` after the data, encoder and head are built."""
     train, val, test = data["train"], data["validation"], data["test"]
-    layers = downstream_head(task.head).feature_layers(head) if uses_feature_cache(task) else ()
+    layers = _cached_inputs(task, head)
     encoder_key = None if getattr(encoder_factory, "deterministic", False) else int(seed)
     keys_of = {
         split: (id(encoder_factory), encoder_key, b.name, b.num_rows, layers)
@@ -483,8 +499,9 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     cached = bool(layers) and use_feature_cache is not False
     if cached and use_feature_cache is None:
         missing = sum(b.num_rows for s, b in data.items() if keys_of[s] not in store)
-        size = _feature_bytes(encoder, layers, missing)
-        cached = size is None or store.can_hold(size)
+        size = _feature_bytes(encoder, layers, missing, task.image_size)
+        cached = size is None or store.can_hold(
+            size, disk=downstream_head(task.head).cache_on_disk)
     detection_callback = None
     image_size = (task.image_size, task.image_size)
     metric_kind = "map" if task.metric == "mAP" else "froc"

@@ -17,6 +17,7 @@ from collections.abc import Hashable, Sequence
 import keras
 import numpy as np
 
+from lovt_keras import keys
 from lovt_keras.data.downstream_batches import DownstreamBatches
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -54,8 +55,11 @@ class FeatureStore:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
-    def can_hold(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` more fit the memory and disk budgets."""
+    def can_hold(self, nbytes: int, disk: bool = True) -> bool:
+        """Whether ``nbytes`` more fit the memory and disk budgets (``disk=False``: the
+        memory budget alone)."""
+        if not disk:
+            return self.memory_bytes + int(nbytes) <= self.max_memory_bytes
         used = self.memory_bytes + self.disk_bytes
         return used + int(nbytes) <= self.max_memory_bytes + self.max_disk_bytes
 
@@ -63,7 +67,7 @@ class FeatureStore:
             layers: Sequence[str]) -> dict[str, np.ndarray]:
         """Feature maps ``layer -> float32 (N, h, w, d)`` of every row of ``batches``
         (in row order), computed with ``encoder`` (inference mode) on first use of
-        ``key``. The caller guarantees that ``key`` identifies the encoder's weights,
+        ``key``; the layer name ``images`` stands for the (normalized) images themselves. The caller guarantees that ``key`` identifies the encoder's weights,
         the rows and the layers."""
         with self._lock:
             cached = self._entries.get(key)
@@ -88,7 +92,9 @@ class FeatureStore:
         out: dict[str, np.ndarray] = {}
         for start in range(0, batches.num_rows, self.chunk_size):
             rows = np.arange(start, min(start + self.chunk_size, batches.num_rows))
-            features = encoder.predict_on_batch(batches.images(rows))
+            images = batches.images(rows)
+            features = dict(encoder.predict_on_batch(images))
+            features.setdefault(keys.IMAGES, images)
             missing = [name for name in layers if name not in features]
             if missing:
                 raise KeyError(f"the encoder has no feature map(s) {missing}; it has {sorted(features)}")

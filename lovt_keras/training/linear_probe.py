@@ -8,10 +8,11 @@ loss and the same updates as :class:`~lovt_keras.models.segmentation_task.Segmen
 on the images, at the cost of one forward pass per image instead of one per image and
 epoch (tested in ``tests/training/linear_probe_test.py``). Only floating-point round-off
 can differ (a backend may pick another convolution algorithm for another batch size).
-The same holds for the frozen YOLOv3 tasks (4-6, 16), whose head reads conv3-conv5.
-(The frozen U-Net also reads conv1, conv2 and the images, too large to cache: 5 MB per
-224 px image.) Which heads may take this path is the ``cacheable`` flag of their entry
-in :data:`lovt_keras.training.downstream_heads.DOWNSTREAM_HEADS`.
+The same holds for the frozen YOLOv3 tasks (4-6, 16), whose head reads conv3-conv5,
+and the frozen U-Net tasks (11, 14), whose head reads conv1-conv5 and the images; the
+U-Net's maps (9 MB per 224 px image for a ResNet-50) are cached only while they fit
+the store's memory budget, never spilled to disk (a SIIM split would need tens of GB). Which heads may take this path is the ``cacheable`` flag of their
+entry in :data:`lovt_keras.training.downstream_heads.DOWNSTREAM_HEADS`.
 
 Pieces:
 

@@ -184,14 +184,20 @@ def test_heads_come_from_one_registry():
     assert {name: head.task_type for name, head in DOWNSTREAM_HEADS.items()} == {
         "linear": "segmentation", "unet": "segmentation", "yolov3": "detection"}
     assert [name for name, head in DOWNSTREAM_HEADS.items() if head.cacheable] == [
-        "linear", "yolov3"]
+        "linear", "unet", "yolov3"]
+    assert [name for name, head in DOWNSTREAM_HEADS.items() if not head.cache_on_disk] == ["unet"]
+    assert DOWNSTREAM_HEADS["unet"].reads_images(UNetHead(1))
+    assert not DOWNSTREAM_HEADS["unet"].reads_images(
+        UNetHead(1, up_filters=(8, 8, 8, 8), skip_layers=("conv4", "conv3", "conv2", "conv1")))
+    assert not DOWNSTREAM_HEADS["yolov3"].reads_images(YOLOv3Head(1))
     linear = ev.build_head(_task(image_size=64, head_options=dict(feature_layer="conv4")), 2)
     assert isinstance(linear, LinearSegmentationHead) and linear.output_size == (64, 64)
     assert (linear.num_classes, linear.feature_layer) == (2, "conv4")
     assert DOWNSTREAM_HEADS["linear"].feature_layers(linear) == ("conv4",)
     assert DOWNSTREAM_HEADS["unet"].feature_layers(UNetHead(1)) == FEATURE_NAMES[::-1]
     assert DOWNSTREAM_HEADS["yolov3"].feature_layers(YOLOv3Head(1)) == ("conv5", "conv4", "conv3")
-    assert ev.uses_feature_cache(_task()) and not ev.uses_feature_cache(_task(head="unet"))
+    assert ev.uses_feature_cache(_task()) and ev.uses_feature_cache(_task(head="unet"))
+    assert not ev.uses_feature_cache(_task(head="unet", frozen=False, lr_grid=(1e-3,)))
     with pytest.raises(ValueError, match="the heads are"):
         downstream_head("fpn")
     with pytest.raises(ValueError, match="head must be one of"):

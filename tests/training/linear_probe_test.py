@@ -191,6 +191,64 @@ def test_cache_is_skipped_when_it_does_not_fit_the_budget(folder):
     assert result["cached_features"]
 
 
+def test_store_passes_the_images_as_a_map(folder, encoder):
+    base = downstream_splits(folder, "segmentation", classes=["opacity"], batch_size=5)["test"]
+    features = FeatureStore().get("key", encoder, base, ["conv1", keys.IMAGES])
+    np.testing.assert_array_equal(features[keys.IMAGES], base.images(np.arange(base.num_rows)))
+    assert features["conv1"].shape == (6, 32, 32, 4)
+    assert not FeatureStore(max_memory_bytes=10, max_disk_bytes=10**9).can_hold(100, disk=False)
+    assert FeatureStore(max_memory_bytes=10, max_disk_bytes=10**9).can_hold(100)
+
+
+def _unet_task(folder, max_epochs=2):
+    # The opacity task (findings in most images) with a U-Net head: 12 train images
+    # hold too few pneumothoraces for a loss that moves.
+    task = synth_task(
+        "synth_opacity_linear_100", image_size=64, batch_size=4, max_epochs=max_epochs,
+        head="unet",
+        head_options=dict(bridge_filters=8, up_filters=(8, 8, 8, 8, 8)),
+        dataset_options=dict(SIZES, cache_dir=str(folder.parent)),
+    )
+    task.dataset_options.pop("image_size")
+    return task
+
+
+def test_cached_unet_equals_training_on_the_images(folder, tmp_path):
+    """Frozen U-Net on cached conv1-conv5 maps and images: the same losses, validation
+    and test Dice (its head has BatchNorm in training mode, fed the same batches)."""
+    task = _unet_task(folder)
+    results, histories = {}, {}
+    for cached in (True, False):
+        out = tmp_path / str(cached)
+        results[cached] = run_task(task, tiny_encoder, 1e-2, seed=4, output_dir=out,
+                                   use_feature_cache=cached)
+        histories[cached] = json.loads((out / "history.json").read_text())
+    assert results[True]["cached_features"] and not results[False]["cached_features"]
+    assert set(histories[True]) == set(histories[False]) >= {"loss", "dice", "val_dice"}
+    for name in histories[True]:
+        np.testing.assert_allclose(histories[True][name], histories[False][name], rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
+    for name, value in results[True]["test"].items():
+        np.testing.assert_allclose(value, results[False]["test"][name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    assert histories[True]["loss"][0] != histories[True]["loss"][1]
+
+
+def test_unet_cache_stays_in_memory(folder):
+    """The U-Net's maps are cached only within the memory budget, never on disk; the
+    linear head's may spill to disk."""
+    task = _unet_task(folder, max_epochs=1)
+    # 12 + 6 + 6 rows of conv1..conv5 (4x32x32 + 4x16x16 + 6x8x8 + 8x4x4 + 16x2x2 floats)
+    # and the 64 x 64 images: 4 * 24 * (4096 + 1024 + 384 + 128 + 64 + 4096) bytes.
+    needed = 4 * 24 * (4096 + 1024 + 384 + 128 + 64 + 4096)
+    disk_only = FeatureStore(max_memory_bytes=needed - 1, max_disk_bytes=10**9)
+    result = run_task(task, tiny_encoder, 1e-2, seed=0, feature_store=disk_only)
+    assert not result["cached_features"] and len(disk_only) == 0
+    enough = FeatureStore(max_memory_bytes=needed, max_disk_bytes=0)
+    result = run_task(task, tiny_encoder, 1e-2, seed=0, feature_store=enough)
+    assert result["cached_features"] and enough.memory_bytes == needed and enough.disk_bytes == 0
+
+
 def test_cached_detection_metrics_equal_the_image_path(folder, encoder):
     from lovt_keras.models.detection_metrics_callback import DetectionMetricsCallback
     from lovt_keras.models.detection_task import DetectionTask
