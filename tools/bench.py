@@ -443,6 +443,9 @@ def parse_args(argv):
                              "PyTorch (default: Keras' 'auto', XLA on JAX only on a CPU)")
     parser.add_argument("--mixed_precision", action="store_true",
                         help="mixed_bfloat16 policy; bf16 autocast in plain PyTorch")
+    parser.add_argument("--require_gpu", action="store_true",
+                        help="stop at once unless the backend sees an accelerator "
+                             "(make bench-gpu)")
     parser.add_argument("--pipeline", action="store_true",
                         help="also the input pipeline alone and the step fed by it")
     parser.add_argument("--pipeline_images", type=int, default=1600,
@@ -495,6 +498,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import keras
     import numpy as np
+
+    if args.require_gpu and device_description().startswith("cpu:"):
+        raise SystemExit(
+            f"--require_gpu: the {keras.backend.backend()} backend sees no accelerator "
+            f"({device_description()}); install the frameworks' CUDA builds (make venv-gpu) "
+            "and check that the GPU driver is visible"
+        )
 
     from lovt_keras.testing.fixtures import random_batch
     from lovt_keras.training.flops import (

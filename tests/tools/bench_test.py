@@ -155,3 +155,10 @@ def test_plain_pytorch_model_has_the_keras_models_weights(config):
     assert bench_torch.weight_counts(reference) == (
         sum(int(np.prod(w.shape)) for w in model.weights),
         sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+
+
+def test_require_gpu_stops_before_building_on_a_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "device_description", lambda: "cpu: x86_64, 2 cores")
+    with pytest.raises(SystemExit, match="sees no accelerator .cpu: x86_64, 2 cores.*venv-gpu"):
+        bench.main(["--require_gpu", "--config", "tiny", "--output_dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
