@@ -50,7 +50,7 @@ PRETRAIN_DIR = "pretrain"
 EVALUATION_DIR = "evaluation"
 RESULTS_FILE = "results"
 STUDY_FILE = "study.json"
-METHOD_KEYS = ("gin", "bind")
+METHOD_KEYS = ("gin", "bind", "lr_sweep")
 
 
 class StudyError(RuntimeError):
@@ -77,8 +77,9 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
         pretrain_bind: bindings of every pretraining (before the method's own), e.g.
             ``['lovt.pretrain.epochs = 6']``.
         methods: method name (a table row) -> ``{'gin': [files added after
-            pretrain_gin], 'bind': ['NAME = VALUE', ...]}``; ``{}`` = the experiment as
-            it is. The order is the table's.
+            pretrain_gin], 'bind': ['NAME = VALUE', ...], 'lr_sweep': [rates]}``; ``{}``
+            = the experiment as it is. ``lr_sweep`` is that method's own sweep (in place
+            of ``lr_sweep``; ``[]`` = none). The order is the table's.
         seeds: pretraining seeds (bound as ``SEED = s``, which seeds the model, the data
             order and the augmentations); None = one run with the experiment's own SEED.
         lr_sweep: pretraining learning rates to try per method: each is run with the
@@ -115,8 +116,10 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
     runner = _Runner(out, dry_run, log)
     start = time.time()
 
+    own = [name for name, spec in methods.items() if spec.get("lr_sweep")]
     log(f"study: {len(methods)} method(s) x {len(seed_list)} pretraining seed(s)"
-        f"{f', learning rates {sweep} swept with the first seed' if sweep else ''}; then "
+        f"{f', learning rates {sweep} swept with the first seed' if sweep else ''}"
+        f"{f', own learning-rate sweeps for {own}' if own else ''}; then "
         f"the evaluation of every encoder; in {out}")
     checkpoints: dict[str, str] = {}
     first_runs: dict[str, Path] = {}
@@ -125,9 +128,12 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
         base = [*_gin_args(pretrain_gin), *_gin_args(spec.get("gin", ())),
                 *_bind_args(pretrain_bind), *_bind_args(spec.get("bind", ()))]
         lr_binding: list[str] = []
-        if sweep:
+        method_sweep = sweep
+        if "lr_sweep" in spec:
+            method_sweep = [float(lr) for lr in spec["lr_sweep"] or ()] or None
+        if method_sweep:
             losses = {}
-            for lr in sweep:
+            for lr in method_sweep:
                 run_dir = out / PRETRAIN_DIR / _safe(method) / f"lr_{lr:g}" / _seed_dir(seed_list[0])
                 runner.run(f"{method}, lr {lr:g}, seed {seed_list[0]}",
                            base + _seed_args(seed_list[0]) + _bind_args([_lr(lr)]), run_dir)
@@ -140,10 +146,11 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
                 log(f"study: {method}: learning rate {best:g} (final validation losses "
                     + ", ".join(f"{k:g}: {_fmt(v)}" for k, v in losses.items()) + ")")
         for seed in seed_list:
-            if sweep:
+            if method_sweep:
                 best = chosen_lr[method]["learning_rate"]
                 run_dir = (out / PRETRAIN_DIR / _safe(method)
-                           / f"lr_{(best if best is not None else sweep[0]):g}" / _seed_dir(seed))
+                           / f"lr_{(best if best is not None else method_sweep[0]):g}"
+                           / _seed_dir(seed))
             else:
                 run_dir = out / PRETRAIN_DIR / _safe(method) / _seed_dir(seed)
             runner.run(f"{method}, seed {seed if seed is not None else 'of the experiment'}",
@@ -195,11 +202,29 @@ def write_study(out: Path, summaries: list[dict], first_runs: Mapping[str, Path]
     write_json(out / STUDY_FILE, info, default=str)
     failed = sum(len(r["failed_seeds"]) for r in aggregated)
     print(to_markdown(table), end="", flush=True)
+    swept = sweep_notes(chosen_lr)
+    if swept:
+        print("\n".join(swept))
+        with open(out / f"{RESULTS_FILE}.md", "a") as f:
+            f.write("\n" + "\n".join(swept) + "\n")
     if failed:
         print(f"[k/n failed]: k of the n probe runs of a cell learned nothing (best validation "
               f"or test score 0); they are in the mean. {failed} such run(s) in all.")
     print(f"study written to {out} in {seconds / 60:.1f} min")
     return info
+
+
+def sweep_notes(chosen_lr: Mapping[str, dict]) -> list[str]:
+    """One line per swept method: the pretraining learning rate kept and the final
+    validation loss of each rate tried (what the table's rows were trained with)."""
+    lines = []
+    for method, sweep in chosen_lr.items():
+        tried = ", ".join(f"{lr}: {_fmt(loss)}"
+                          for lr, loss in sweep["final_validation_loss"].items())
+        kept = sweep["learning_rate"]
+        lines.append(f"{method}: pretraining learning rate {'-' if kept is None else f'{kept:g}'}"
+                     f" (final validation loss per rate tried with the first seed: {tried})")
+    return lines
 
 
 def encoder_name(method: str, seed: int) -> str:

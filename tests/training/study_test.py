@@ -144,6 +144,36 @@ def test_study_sweeps_each_methods_rate_then_runs_the_seeds_and_evaluates(tmp_pa
     assert fake.calls == []
 
 
+def test_a_method_may_sweep_its_own_rates(tmp_path, monkeypatch, capsys):
+    """Only ConVIRT sweeps (its loss stayed at chance at the experiment's rate); LoVT
+    runs as declared, with no learning-rate binding; the notes name the rate kept."""
+    fake = FakeRuns(lambda args, lr: {None: 2.0, 1e-4: 3.1, 3e-4: 2.5, 1e-3: 3.4}[lr])
+    monkeypatch.setattr(study.subprocess, "run", fake)
+    methods = {"LoVT": {}, "ConVIRT": {"bind": ["X = 1"], "lr_sweep": [1e-4, 3e-4, 1e-3]}}
+    out = tmp_path / "study"
+    info = study.study(output_dir=out, pretrain_gin=["p.gin"], methods=methods, seeds=[0, 1, 2],
+                       evaluation_gin=["e.gin"], verbose=0)
+    # LoVT: 3 seeds; ConVIRT: 3 rates at seed 0, then seeds 1 and 2 at 3e-4; evaluation.
+    assert len(fake.calls) == 3 + 3 + 2 + 1
+    assert not any("lovt.pretrain.learning_rate" in " ".join(c) for c in fake.calls[:3])
+    assert all("lovt.pretrain.learning_rate = 0.0003" in c for c in fake.calls[6:8])
+    assert list(info["learning_rate_sweep"]) == ["ConVIRT"]
+    assert info["learning_rate_sweep"]["ConVIRT"]["learning_rate"] == 3e-4
+    evaluation = fake.calls[-1]
+    checkpoints = json.loads(evaluation[evaluation.index("--output_dir") - 1][14:])
+    assert checkpoints["LoVT #2"] == str(out / "pretrain/LoVT/seed_2")
+    assert checkpoints["ConVIRT #0"] == str(out / "pretrain/ConVIRT/lr_0.0003/seed_0")
+    note = ("ConVIRT: pretraining learning rate 0.0003 (final validation loss per rate tried "
+            "with the first seed: 0.0001: 3.1000, 0.0003: 2.5000, 0.001: 3.4000)")
+    assert note in capsys.readouterr().out and note in (out / "results.md").read_text()
+    # An empty sweep of its own switches a study-wide sweep off for that method.
+    fake.calls.clear()
+    study.study(output_dir=tmp_path / "s2", pretrain_gin=["p.gin"], seeds=[0],
+                methods={"LoVT": {"lr_sweep": []}}, lr_sweep=[1e-3, 3e-3],
+                evaluation_gin=["e.gin"], verbose=0)
+    assert len(fake.calls) == 2 and "lovt.pretrain.learning_rate" not in " ".join(fake.calls[0])
+
+
 def test_study_stops_naming_the_failed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(study.subprocess, "run",
                         lambda argv, **_: subprocess.CompletedProcess(argv, 2))
