@@ -125,6 +125,30 @@ def test_cached_task_needs_its_feature_maps(encoder):
     encoder.trainable = True
 
 
+def _cached_and_on_images(task, tmp_path, learning_rate, seed, logged):
+    """Runs ``task`` on cached maps and on the images (same seed; the tiny encoder is
+    built under the run's seed, so it is the same in both runs) and asserts the same
+    per-epoch logs (``logged`` among them), validation and test metrics, and that the
+    head learned (the loss moved)."""
+    results, histories = {}, {}
+    for cached in (True, False):
+        out = tmp_path / str(cached)
+        results[cached] = run_task(task, tiny_encoder, learning_rate, seed=seed,
+                                   output_dir=out, use_feature_cache=cached)
+        histories[cached] = json.loads((out / "history.json").read_text())
+    assert results[True]["cached_features"] and not results[False]["cached_features"]
+    assert set(histories[True]) == set(histories[False]) >= set(logged)
+    for name in histories[True]:
+        np.testing.assert_allclose(histories[True][name], histories[False][name], rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
+    for split in ("val", "test"):
+        assert results[True][split].keys() == results[False][split].keys()
+        for name, value in results[True][split].items():
+            np.testing.assert_allclose(value, results[False][split][name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{split} {name}")
+    assert histories[True]["loss"][0] != histories[True]["loss"][1]
+
+
 def test_cached_path_equals_training_on_the_images(folder, tmp_path):
     """Same seed: the same losses, validation Dice per epoch and test Dice."""
     task = synth_task(
@@ -132,24 +156,7 @@ def test_cached_path_equals_training_on_the_images(folder, tmp_path):
         dataset_options=dict(SIZES, cache_dir=str(folder.parent)),
     )
     task.dataset_options.pop("image_size")
-    factory = tiny_encoder  # built under the run's seed: the same encoder in both runs
-    results, histories = {}, {}
-    for cached in (True, False):
-        out = tmp_path / str(cached)
-        results[cached] = run_task(task, factory, 1e-2, seed=3, output_dir=out,
-                                   use_feature_cache=cached)
-        histories[cached] = json.loads((out / "history.json").read_text())
-    assert results[True]["cached_features"] and not results[False]["cached_features"]
-    assert set(histories[True]) == set(histories[False]) >= {"loss", "dice", "val_loss", "val_dice"}
-    for name in histories[True]:
-        np.testing.assert_allclose(histories[True][name], histories[False][name], rtol=1e-4,
-                                   atol=1e-5, err_msg=name)
-    for split in ("val", "test"):
-        for name, value in results[True][split].items():
-            np.testing.assert_allclose(value, results[False][split][name], rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{split} {name}")
-    # The head learned something: the loss moved.
-    assert histories[True]["loss"][0] != histories[True]["loss"][1]
+    _cached_and_on_images(task, tmp_path, 1e-2, 3, {"loss", "dice", "val_loss", "val_dice"})
 
 
 @pytest.mark.large
@@ -161,23 +168,8 @@ def test_cached_detection_equals_training_on_the_images(folder, tmp_path):
         dataset_options=dict(SIZES, cache_dir=str(folder.parent)),
     )
     task.dataset_options.pop("image_size")
-    results, histories = {}, {}
-    for cached in (True, False):
-        out = tmp_path / str(cached)
-        results[cached] = run_task(task, tiny_encoder, 1e-3, seed=2, output_dir=out,
-                                   use_feature_cache=cached)
-        histories[cached] = json.loads((out / "history.json").read_text())
-    assert results[True]["cached_features"] and not results[False]["cached_features"]
-    assert set(histories[True]) == set(histories[False]) >= {
-        "loss", "yolo_confidence_loss", "val_loss", "val_mAP", "val_mAP@0.5"}
-    for name in histories[True]:
-        np.testing.assert_allclose(histories[True][name], histories[False][name], rtol=1e-4,
-                                   atol=1e-5, err_msg=name)
-    assert results[True]["test"].keys() == results[False]["test"].keys()
-    for name, value in results[True]["test"].items():
-        np.testing.assert_allclose(value, results[False]["test"][name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
-    assert histories[True]["loss"][0] != histories[True]["loss"][1]
+    _cached_and_on_images(task, tmp_path, 1e-3, 2, {
+        "loss", "yolo_confidence_loss", "val_loss", "val_mAP", "val_mAP@0.5"})
 
 
 def test_cache_is_skipped_when_it_does_not_fit_the_budget(folder):
@@ -216,22 +208,7 @@ def _unet_task(folder, max_epochs=2):
 def test_cached_unet_equals_training_on_the_images(folder, tmp_path):
     """Frozen U-Net on cached conv1-conv5 maps and images: the same losses, validation
     and test Dice (its head has BatchNorm in training mode, fed the same batches)."""
-    task = _unet_task(folder)
-    results, histories = {}, {}
-    for cached in (True, False):
-        out = tmp_path / str(cached)
-        results[cached] = run_task(task, tiny_encoder, 1e-2, seed=4, output_dir=out,
-                                   use_feature_cache=cached)
-        histories[cached] = json.loads((out / "history.json").read_text())
-    assert results[True]["cached_features"] and not results[False]["cached_features"]
-    assert set(histories[True]) == set(histories[False]) >= {"loss", "dice", "val_dice"}
-    for name in histories[True]:
-        np.testing.assert_allclose(histories[True][name], histories[False][name], rtol=1e-4,
-                                   atol=1e-5, err_msg=name)
-    for name, value in results[True]["test"].items():
-        np.testing.assert_allclose(value, results[False]["test"][name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
-    assert histories[True]["loss"][0] != histories[True]["loss"][1]
+    _cached_and_on_images(_unet_task(folder), tmp_path, 1e-2, 4, {"loss", "dice", "val_dice"})
 
 
 def test_unet_cache_stays_in_memory(folder):
