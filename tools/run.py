@@ -56,6 +56,7 @@ import subprocess
 import sys
 import threading
 import tokenize
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             spec.program(model=spec.model, train_data=train_data, val_data=val_data,
                          output_dir=output_dir, verbose=0)
             return 0
-        resuming = prepare_output_dir(output_dir, _config_text(), args.overwrite)
-        if resuming and _check_previous_run(output_dir):
+        state = prepare_output_dir(output_dir, _config_text(), args.overwrite)
+        resuming = state != NEW_RUN
+        if resuming and _check_previous_run(output_dir, finished_is_done=state == RESUME):
             return 0
         _write_run_files(output_dir, argv, resuming)
         train_data, val_data = _build_data(spec)
@@ -470,8 +472,22 @@ def _config_text() -> str:
 # --------------------------------------------------------------------------- run directory
 
 
-def prepare_output_dir(output_dir: Path, config_text: str, overwrite: bool) -> bool:
-    """Creates or checks the run directory; returns True when resuming a run.
+# prepare_output_dir's answers: a new run, the same run resumed, or the same evaluation
+# with another set of encoders (see ENCODER_SET_MACROS).
+NEW_RUN, RESUME, NEW_ENCODERS = "new", "resume", "new encoders"
+# Macros that name the encoders an evaluation scores. A run directory whose
+# configuration differs only in them is the same evaluation of another set of encoders:
+# every result file is keyed by encoder name and checked against the encoder it was
+# computed with (lovt_keras.training.evaluation.check_stored_result), so the results of
+# the encoders kept are reused and the others computed; a study that adds methods or
+# seeds, or moves an encoder, resumes its evaluation this way.
+ENCODER_SET_MACROS = ("CHECKPOINTS",)
+
+
+def prepare_output_dir(output_dir: Path, config_text: str, overwrite: bool) -> str:
+    """Creates or checks the run directory; returns ``NEW_RUN``, ``RESUME`` (the same
+    configuration) or ``NEW_ENCODERS`` (the same but for ``ENCODER_SET_MACROS``; the
+    stored configuration is replaced, saying so).
 
     Raises:
         ConfigError: the directory is not empty and neither ``overwrite`` is set nor does
@@ -496,21 +512,41 @@ def prepare_output_dir(output_dir: Path, config_text: str, overwrite: bool) -> b
                     "pass --overwrite to replace it or choose another directory"
                 )
             stored = config_path.read_text()
+            if stored != config_text and (_without_macros(stored, ENCODER_SET_MACROS)
+                                          == _without_macros(config_text, ENCODER_SET_MACROS)):
+                print(f"{output_dir}: the same evaluation with another set of encoders "
+                      f"({', '.join(ENCODER_SET_MACROS)}); results of the encoders kept are "
+                      "reused, the others computed", flush=True)
+                config_path.write_text(config_text)
+                return NEW_ENCODERS
             if stored != config_text:
                 raise ConfigError(
                     f"--output_dir {output_dir} holds a run with a different configuration "
                     f"({_first_difference(stored, config_text)}); pass --overwrite to "
                     "replace it, or rerun the command that created it to resume"
                 )
-            return True
+            return RESUME
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / CONFIG_FILE).write_text(config_text)
-    return False
+    return NEW_RUN
 
 
-def _check_previous_run(output_dir: Path) -> bool:
+def _without_macros(config_text: str, names: Sequence[str]) -> str:
+    """``config_text`` (gin's ``config_str()``) without the definitions of the macros
+    ``names``: a line ``NAME = ...`` and the indented lines continuing it."""
+    kept, skipping = [], False
+    for line in config_text.splitlines():
+        if skipping and line[:1].isspace():
+            continue
+        skipping = any(line.startswith(f"{name} =") for name in names)
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _check_previous_run(output_dir: Path, finished_is_done: bool = True) -> bool:
     """Before resuming the run in ``output_dir``: True (after saying so) when it has
-    finished, so there is nothing to do and nothing is written.
+    finished and ``finished_is_done``, so there is nothing to do and nothing is written.
 
     Raises:
         ConfigError: the run was made with another Keras backend.
@@ -529,7 +565,7 @@ def _check_previous_run(output_dir: Path) -> bool:
             f"backend, this command uses {backend}; use another --output_dir, or "
             f"--overwrite to replace it with a {backend} run"
         )
-    if "finished" in info:
+    if "finished" in info and finished_is_done:
         print(f"{output_dir}: this run finished on {info['finished']}; nothing to do (its "
               "outputs are there; --overwrite runs it again)", flush=True)
         return True

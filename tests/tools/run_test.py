@@ -379,3 +379,25 @@ def test_only_process_0_of_a_data_parallel_run_writes_files(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "3")  # JAX multi-host
     assert run.secondary_process()
+
+
+def test_another_encoder_set_resumes_the_evaluation(tmp_path, capsys):
+    """A configuration that differs only in CHECKPOINTS is the same evaluation of other
+    encoders: the stored configuration is replaced and a finished run runs again (its
+    per-encoder results are reused by the evaluation); any other difference is refused."""
+    base = "lovt.evaluate.seeds = 3\nCHECKPOINTS = \\\n    {'A': 'runs/a',\n     'B': 'runs/b'}\nX = 1\n"
+    moved = base.replace("runs/b", "runs/b2").replace("'B'", "'C'")
+    assert run._without_macros(base, ("CHECKPOINTS",)) == "lovt.evaluate.seeds = 3\nX = 1"
+    out = tmp_path / "eval"
+    assert run.prepare_output_dir(out, base, overwrite=False) == run.NEW_RUN
+    assert run.prepare_output_dir(out, base, overwrite=False) == run.RESUME
+    (out / "run_info.json").write_text(json.dumps(
+        {"backend": keras.backend.backend(), "finished": "yesterday"}))
+    assert run._check_previous_run(out)  # finished, same encoders: nothing to do
+    capsys.readouterr()
+    assert run.prepare_output_dir(out, moved, overwrite=False) == run.NEW_ENCODERS
+    assert "another set of encoders" in capsys.readouterr().out
+    assert (out / "config.gin").read_text() == moved
+    assert not run._check_previous_run(out, finished_is_done=False)
+    with pytest.raises(run.ConfigError, match="line 5: 'X = 1' is now 'X = 2'"):
+        run.prepare_output_dir(out, moved.replace("X = 1", "X = 2"), overwrite=False)
