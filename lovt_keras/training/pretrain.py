@@ -43,6 +43,7 @@ Deviations from the official training loop, all documented where they apply:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -288,6 +289,10 @@ def pretrain(
             result.image_encoder_path, _ = export_encoders(model, output_dir, sequence_length=0)
         if verbose:
             _report(state, monitor, export_checkpoint, output_dir, stream)
+            warning = chance_warning(result.history[-1] if result.history else {},
+                                     getattr(train_data, "batch_size", None))
+            if warning:
+                print(warning, file=stream, flush=True)
         return result
 
 
@@ -467,6 +472,24 @@ def _finish(model: keras.Model, state: TrainingState, output_dir: Path,
         state.finished = True
         save_checkpoint(checkpoint_dir / LAST, model, state, optimizer=False, metrics=False)
         best_path.unlink(missing_ok=True)
+
+
+def chance_warning(record: dict, batch_size: int | None, margin: float = 0.05) -> str | None:
+    """A warning when every global contrastive term of the last epoch's ``record``
+    (training logs: ``global_*`` components) ended within ``margin`` (relative) of
+    chance, ln(batch size): an InfoNCE over B candidates that has learned nothing stays
+    there, and its encoder is no better than its initialization. None otherwise, or
+    when the record holds no global term or the batch size is unknown."""
+    terms = {k: float(v) for k, v in record.items() if k.startswith("global_")}
+    if not terms or not batch_size or batch_size < 2:
+        return None
+    chance = math.log(batch_size)
+    if min(terms.values()) < (1.0 - margin) * chance:
+        return None
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
+    return (f"warning: the global loss ended at chance ({shown}; ln {batch_size} = "
+            f"{chance:.4f}): this encoder may have learned nothing. Try other learning "
+            "rates (a study's lr_sweep) before comparing it.")
 
 
 def _report(state: TrainingState, monitor: str, export_checkpoint: str, output_dir: Path,

@@ -308,3 +308,19 @@ if __name__ == "__main__":
     np.savez(Path(sys.argv[1]) / "final_weights.npz",
              **{f"w{i}": w for i, w in enumerate(_weights(result.model))})
     print("resumed_from", result.resumed_from)
+
+
+def test_chance_warning_names_a_global_loss_left_at_ln_batch():
+    from lovt_keras.training.pretrain import chance_warning
+
+    # ln 32 = 3.4657; 5 % below it is 3.2925.
+    stuck = {"loss": 3.47, "global_image_to_report": 3.4345, "global_report_to_image": 3.30}
+    warning = chance_warning(stuck, 32)
+    assert warning.startswith("warning: the global loss ended at chance (global_image_to_report "
+                              "3.4345, global_report_to_image 3.3000; ln 32 = 3.4657)")
+    # One term below 95 % of chance: it learned something.
+    assert chance_warning(dict(stuck, global_report_to_image=3.29), 32) is None
+    assert chance_warning({"global_image_to_report": 2.02}, 32) is None
+    # No global term (image-only or local-only methods), or no batch size: no warning.
+    assert chance_warning({"loss": 3.47, "local_report_att2l": 3.4}, 32) is None
+    assert chance_warning(stuck, None) is None and chance_warning({}, 32) is None
