@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -212,12 +211,12 @@ def _torch_encoder_step(depth: int, width: int, batch: int):
 
 def measure(steps: int, warmup: int) -> list[dict]:
     """Rows ``{what, keras_ms, plain_ms}`` for the current Keras backend."""
+    import keras
+
     from lovt_keras.models.image_encoder import ResNetImageEncoder
 
     rows = []
     for name, (depth, width, batch) in ENCODERS.items():
-        import keras
-
         keras.utils.set_random_seed(0)
         encoder = ResNetImageEncoder(depth=depth, width=width, image_size=224)
         images = np.random.default_rng(0).standard_normal((batch, 224, 224, 1)).astype(np.float32)
@@ -261,11 +260,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads of plain PyTorch (default: torch's)")
     args = parser.parse_args(argv)
-    if args.backend:
-        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != args.backend:
-            raise SystemExit(f"--backend {args.backend}: Keras is already imported with "
-                             f"{os.environ.get('KERAS_BACKEND')}")
-        os.environ["KERAS_BACKEND"] = args.backend
+    from tools.bench import _prepare_backend
+
+    _prepare_backend(args.backend)
     import keras
     import torch
 
