@@ -2,7 +2,7 @@
 
     python -m tools.run --gin experiments/pretrain/lovt_synthcxr.gin \\
         [--gin gin/debug/tiny.gin] [--bind 'lovt.pretrain.epochs = 3'] \\
-        [--output_dir runs/lovt_synthcxr] [--backend jax] [--dry_run] [--overwrite]
+        [--output_dir runs/lovt_synthcxr] [--backend jax] [--cpus 0-3] [--dry_run] [--overwrite]
 
 Later ``--gin`` files and then the ``--bind`` bindings override earlier values. The
 experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
@@ -10,7 +10,9 @@ experiment's root is ``lovt.run`` (see ``tools.gin_registry``): a program (e.g.
 pretrainings and their evaluation, each as a run of this program (see
 ``lovt_keras.training.study``).
 ``--backend`` sets ``KERAS_BACKEND`` before Keras is imported (``$KERAS_BACKEND`` must
-name one of ``BACKENDS``). ``--dry_run`` builds the model and the data, runs one batch
+name one of ``BACKENDS``). ``--cpus`` runs the process on those CPUs only, with every
+framework's thread pools sized to them, also set before the import (``pin_cpus``).
+``--dry_run`` builds the model and the data, runs one batch
 through the model, prints the summary and exits without writing a run directory (a
 study prints every command it would run); building the data generates SynthCXR into its
 cache on first use, as a real run would, and the dry run names the folders it
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build the model and the data, print the summary, exit")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete a non-empty output directory and start afresh")
+    parser.add_argument("--cpus", metavar="LIST",
+                        help="run on these CPUs only, e.g. 0,1 or 0-3, with every "
+                             "framework's threads sized to them (default: all)")
     return parser
 
 
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         _select_backend(args.backend)
+        if args.cpus is not None:
+            pin_cpus(args.cpus)
         _quiet_framework_import()
         spec = configure(args.gin, args.bind)
         if args.dry_run:
@@ -161,6 +168,53 @@ def _select_backend(backend: str | None) -> None:
                 "(run python -m tools.run in a new process)"
             )
     os.environ["KERAS_BACKEND"] = backend
+
+
+def parse_cpus(text: str) -> list[int]:
+    """``--cpus``: "0,1", "2-3" or "0-1,4" -> sorted CPU numbers."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ConfigError(f"--cpus {text!r}: give CPU numbers such as 0,1 or 0-3") from None
+    if not cpus or min(cpus) < 0:
+        raise ConfigError(f"--cpus {text!r}: give CPU numbers such as 0,1 or 0-3")
+    return sorted(cpus)
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The environment variables that size each framework's CPU thread pools, read when
+    the framework is imported: OpenMP and BLAS (PyTorch's intra-op threads, oneDNN) and
+    TensorFlow's intra- and inter-op pools. (XLA:CPU, JAX's, sizes its pool by the
+    process's CPU affinity, which ``pin_cpus`` sets.)"""
+    n = str(int(threads))
+    return {name: n for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+
+
+def pin_cpus(text: str) -> list[int]:
+    """``--cpus``: runs this process on those CPUs only, with every framework's thread
+    pools sized to them, set before any framework is imported (one imported earlier
+    keeps its pools: refused). How ``lovt.study`` runs pretrainings side by side."""
+    cpus = parse_cpus(text)
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("--cpus: this operating system does not let a process choose its "
+                          "CPUs (os.sched_setaffinity); leave --cpus out")
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise ConfigError(f"--cpus {text}: CPU(s) {outside} are not available to this process "
+                          f"(it may use {sorted(allowed)})")
+    imported = [m for m in ("tensorflow", "jax", "torch", "keras") if m in sys.modules]
+    if imported:
+        raise ConfigError(f"--cpus: {', '.join(imported)} already imported in this process; "
+                          "the CPUs can only be chosen before (run python -m tools.run in a "
+                          "new process)")
+    os.sched_setaffinity(0, cpus)
+    os.environ.update(thread_environment(len(cpus)))
+    return cpus
 
 
 # TensorFlow's lines logged before it reads TF_CPP_MIN_LOG_LEVEL (absl's pre-init

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 TABLE_NAME = "results"
+INCLUDE = ("all", "baselines", "checkpoints")
 
 
 @dataclasses.dataclass
@@ -73,6 +74,13 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
             f"@lovt.paper_tasks or @lovt.synth_tasks), got {bad or 'no task'}"
         )
     encoders = model() if callable(model) else model
+    if not encoders:  # lovt.eval_encoders.include = 'baselines' and none declared
+        print("lovt.evaluate: no encoder to evaluate (no baseline declared)", flush=True)
+        if output_dir is not None:
+            from lovt_keras.files import write_json
+
+            write_json(Path(output_dir) / f"{table_name}.json", [])
+        return EvaluationResult([], None, None)
     results = evaluate_encoders(
         encoders, tasks, seeds=seeds, output_dir=output_dir,
         verbose=verbose if fit_verbose is None else fit_verbose,
@@ -100,8 +108,8 @@ def evaluate(model: Callable[[], Mapping[str, Callable]], train_data: Sequence,
 def eval_encoders(checkpoints: Mapping[str, str] | None = None,
                   weights_files: Mapping[str, str] | None = None,
                   random_init_depth: int | None = 50, weights_depth: int = 50,
-                  random_name: str = "Random", random_init_width: int = 64
-                  ) -> dict[str, Callable]:
+                  random_name: str = "Random", random_init_width: int = 64,
+                  include: str = "all") -> dict[str, Callable]:
     """The encoders to evaluate, in table order: random init, weights files, checkpoints.
 
     Args:
@@ -115,10 +123,20 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
         random_init_width: its first-stage filters (64 = the standard ResNet).
         weights_depth: depth of the ``weights_files`` ResNets.
         random_name: row name of the random baseline.
+        include: 'all'; 'baselines' = only the random init and the weights files (none
+            is then no error: the evaluation has nothing to do); 'checkpoints' = only the
+            checkpoints. ``lovt.study`` evaluates its baselines and each of its encoders
+            in runs of their own.
     """
     from lovt_keras.training.evaluation import from_checkpoint, from_weights_file, random_init
     from lovt_keras.weights import is_state_dict_file, torchvision_depth
 
+    if include not in INCLUDE:
+        raise ValueError(f"lovt.eval_encoders.include: one of {INCLUDE}, got {include!r}")
+    if include == "baselines":
+        checkpoints = None
+    elif include == "checkpoints":
+        random_init_depth, weights_files = None, None
     encoders: dict[str, Callable] = {}
     if random_init_depth is not None:
         encoders[random_name] = random_init(int(random_init_depth), int(random_init_width))
@@ -131,7 +149,7 @@ def eval_encoders(checkpoints: Mapping[str, str] | None = None,
             encoders[name] = from_weights_file(path, depth=torchvision_depth(path))
         else:
             encoders[name] = from_checkpoint(path)
-    if not encoders:
+    if not encoders and include != "baselines":
         raise ValueError("lovt.eval_encoders: no encoder (set CHECKPOINTS, WEIGHTS_FILES or "
                          "random_init_depth)")
     return encoders

@@ -401,3 +401,44 @@ def test_another_encoder_set_resumes_the_evaluation(tmp_path, capsys):
     assert not run._check_previous_run(out, finished_is_done=False)
     with pytest.raises(run.ConfigError, match="line 5: 'X = 1' is now 'X = 2'"):
         run.prepare_output_dir(out, moved.replace("X = 1", "X = 2"), overwrite=False)
+
+
+def test_cpus_are_parsed_and_size_every_threads_pool():
+    assert run.parse_cpus("0,1") == [0, 1]
+    assert run.parse_cpus("2-3") == [2, 3]
+    assert run.parse_cpus("0-1,4, 3") == [0, 1, 3, 4]
+    for bad in ("", "a", "1-x", "-1"):
+        with pytest.raises(run.ConfigError, match="CPU numbers"):
+            run.parse_cpus(bad)
+    assert run.thread_environment(3) == {
+        "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3",
+        "TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "3"}
+    # Keras is imported in this process: its pools are made, so --cpus is refused.
+    with pytest.raises(run.ConfigError, match="already imported"):
+        run.pin_cpus(str(min(os.sched_getaffinity(0))))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_cpus_flag_pins_a_new_process_before_its_framework_is_imported(capsys):
+    """A process pinned with --cpus runs on those CPUs only, with the thread pools sized
+    to them (PyTorch's intra-op threads read back; XLA:CPU and TensorFlow size theirs
+    from the affinity and the environment set here); a CPU it may not use is named."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    code = (
+        "import os, sys; from tools import run; run.pin_cpus(sys.argv[1]); import keras; "
+        "b = keras.backend.backend(); "
+        "t = __import__('torch').get_num_threads() if b == 'torch' else None; "
+        "x = keras.ops.sum(keras.ops.ones((64, 64)) @ keras.ops.ones((64, 64))); "
+        "print(sorted(os.sched_getaffinity(0)), os.environ['TF_NUM_INTRAOP_THREADS'], t, "
+        "float(x))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(cpu)], cwd=run.REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    affinity, threads, torch_threads, total = done.stdout.split()[-4:]
+    assert affinity == f"[{cpu}]" and threads == "1" and total == "262144.0"
+    if keras.backend.backend() == "torch":
+        assert torch_threads == "1"
+    outside = max(os.sched_getaffinity(0)) + 1
+    assert run.main(["--gin", "gin/debug/tiny.gin", "--cpus", str(outside)]) == 2
+    assert f"CPU(s) [{outside}] are not available to this process" in capsys.readouterr().err

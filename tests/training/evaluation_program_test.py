@@ -111,6 +111,37 @@ def test_tiny_overlay_and_encoder_bindings(tmp_path):
     assert list(encoders) == ["LoVT"] and encoders["LoVT"].path == tmp_path / "run" / "image_encoder.keras"
 
 
+def test_include_splits_the_baselines_from_the_checkpoints(tmp_path, capsys):
+    """What a study runs: the baselines alone (none declared is no error, an empty
+    result), then each checkpoint alone."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "image_encoder.keras").write_bytes(b"")
+    checkpoints = {"LoVT": str(tmp_path / "run")}
+    both = evaluation_program.eval_encoders(checkpoints, random_init_depth=18,
+                                            random_name="Random init")
+    assert list(both) == ["Random init", "LoVT"]
+    baselines = evaluation_program.eval_encoders(checkpoints, random_init_depth=18,
+                                                 random_name="Random init", include="baselines")
+    assert list(baselines) == ["Random init"] and baselines["Random init"].depth == 18
+    only = evaluation_program.eval_encoders(checkpoints, random_init_depth=18,
+                                            include="checkpoints")
+    assert list(only) == ["LoVT"]
+    assert evaluation_program.eval_encoders(checkpoints, random_init_depth=None,
+                                            include="baselines") == {}
+    with pytest.raises(ValueError, match="no encoder"):
+        evaluation_program.eval_encoders({}, random_init_depth=None)
+    with pytest.raises(ValueError, match="include"):
+        evaluation_program.eval_encoders(checkpoints, include="some")
+    result = evaluation_program.evaluate(dict, [_a_task()],
+                                         output_dir=str(tmp_path / "eval"))
+    assert result.results == [] and (tmp_path / "eval" / "results.json").read_text() == "[]\n"
+    assert "no encoder to evaluate" in capsys.readouterr().out
+
+
+def _a_task():
+    return evaluation_program.synth_tasks(["synth_opacity_linear_100"])[0]
+
+
 def test_task_overrides_apply_per_task_and_unknown_names_fail():
     tasks = evaluation_program.synth_tasks(
         ["synth_opacity_linear_1", "synth_foreign_object_linear"], overrides={"max_epochs": 7},

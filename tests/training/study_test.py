@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -60,18 +59,34 @@ def test_aggregate_over_pretraining_seeds_by_hand():
         aggregate_over_seeds([_summary("LoVT #0", "a", [0.1, 0.2])] * 2)
 
 
+class _Ended:
+    """A ``subprocess.Popen`` that has already ended with ``returncode``."""
+
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+    def poll(self):
+        return self.returncode
+
+
 class FakeRuns:
     """Stands in for ``python -m tools.run``: records the argv, writes what a finished
-    run writes (run_info, metrics with a final val_loss, the evaluation's summaries)."""
+    run writes (run_info, metrics with a final val_loss, the evaluation's summaries).
+    An encoder's score is ``scores[name]``; the baselines' run scores Random init 0.1."""
 
-    def __init__(self, val_loss):
+    def __init__(self, val_loss, scores=None):
         self.val_loss = val_loss
+        self.scores = scores or {}
         self.calls = []
+        self.argvs = []
 
-    def __call__(self, argv, cwd=None, check=False):
+    def __call__(self, argv, cwd=None, stdout=None, stderr=None):
         # Each step runs `python -m tools.run` in the checkout (where tools/ lives).
         assert argv[1:3] == ["-m", "tools.run"] and (Path(cwd) / "tools" / "run.py").is_file()
+        self.argvs.append(argv)
         args = argv[3:]
+        if "--cpus" in args:
+            args = args[:args.index("--cpus")]
         self.calls.append(args)
         out = Path(args[args.index("--output_dir") + 1])
         out.mkdir(parents=True, exist_ok=True)
@@ -79,9 +94,13 @@ class FakeRuns:
         checkpoints = [b for b in bindings if b.startswith("CHECKPOINTS = ")]
         if checkpoints:
             names = json.loads(checkpoints[0][len("CHECKPOINTS = "):])
-            summaries = [_summary("Random init", "t", [0.1, 0.1])]
-            for k, name in enumerate(names):
-                summaries.append(_summary(name, "t", [0.2 + 0.1 * k, 0.2 + 0.1 * k]))
+            if 'lovt.eval_encoders.include = "baselines"' in bindings:
+                assert names == {}
+                summaries = [_summary("Random init", "t", [0.1, 0.1])]
+            else:
+                assert 'lovt.eval_encoders.include = "checkpoints"' in bindings
+                summaries = [_summary(name, "t", [self.scores.get(name, 0.5)] * 2)
+                             for name in names]
             (out / "results.json").write_text(json.dumps(summaries))
         else:
             lr = next((float(b.split("= ")[1]) for b in bindings
@@ -90,10 +109,26 @@ class FakeRuns:
                        {"epoch": 2, "loss": 2.0, "val_loss": self.val_loss(args, lr)}]
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (out / "run_info.json").write_text(json.dumps({"finished": "now"}))
-        return subprocess.CompletedProcess(argv, 0)
+        return _Ended(0)
+
+    def evaluations(self):
+        """{encoder name or 'baselines': checkpoint dir} of the evaluation runs."""
+        found = {}
+        for args in self.calls:
+            bindings = [args[i + 1] for i, a in enumerate(args) if a == "--bind"]
+            for b in bindings:
+                if b.startswith("CHECKPOINTS = "):
+                    names = json.loads(b[len("CHECKPOINTS = "):])
+                    found.update(names or {"baselines": None})
+        return found
 
 
-def test_study_sweeps_each_methods_rate_then_runs_the_seeds_and_evaluates(tmp_path, monkeypatch):
+SCORES = {"LoVT #0": 0.2, "LoVT #1": 0.3, "Global only #0": 0.4, "Global only #1": 0.5}
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_study_sweeps_each_methods_rate_then_runs_the_seeds_and_evaluates(
+        tmp_path, monkeypatch, parallel):
     # LoVT is best at 1e-3, global only at 3e-3 (lowest final validation loss).
     best = {"LoVT": 1e-3, "Global": 3e-3}
 
@@ -101,36 +136,55 @@ def test_study_sweeps_each_methods_rate_then_runs_the_seeds_and_evaluates(tmp_pa
         method = "Global" if "gin/losses/global_only.gin" in args else "LoVT"
         return 1.0 + abs(np.log(lr / best[method]))
 
-    fake = FakeRuns(val_loss)
-    monkeypatch.setattr(study.subprocess, "run", fake)
+    fake = FakeRuns(val_loss, SCORES)
+    monkeypatch.setattr(study, "_launch", fake)
     methods = {"LoVT": {}, "Global only": {"gin": ["gin/losses/global_only.gin"],
                                            "bind": ["lovt.pretrain.epochs = 3"]}}
     out = tmp_path / "study"
     info = study.study(output_dir=out, pretrain_gin=["p.gin"], methods=methods, seeds=[0, 1],
-                       lr_sweep=[1e-3, 3e-3], evaluation_gin=["e.gin"], verbose=0)
-    # Per method: the sweep at seed 0 (2 runs), seed 1 at the chosen rate; then one
-    # evaluation. Seed 0 at the chosen rate is the sweep's run, not a new one.
-    assert len(fake.calls) == 2 * 3 + 1
+                       lr_sweep=[1e-3, 3e-3], evaluation_gin=["e.gin"], verbose=0,
+                       parallel=parallel)
+    # Per method: the sweep at seed 0 (2 runs), seed 1 at the chosen rate; then the
+    # baselines' evaluation and one per encoder. Seed 0 at the chosen rate is the
+    # sweep's run, not a new one.
+    assert len(fake.calls) == 2 * 3 + 1 + 4
+    pretrainings = [c for c in fake.calls if not any(a.startswith("CHECKPOINTS") for a in c)]
+    assert len(pretrainings) == 6
     assert info["learning_rate_sweep"]["LoVT"]["learning_rate"] == 1e-3
     assert info["learning_rate_sweep"]["Global only"]["learning_rate"] == 3e-3
-    global_seed1 = fake.calls[5]
+    global_seed1 = pretrainings[5]
     assert global_seed1[:6] == ["--gin", "p.gin", "--gin", "gin/losses/global_only.gin",
                                 "--bind", "lovt.pretrain.epochs = 3"]
     assert "SEED = 1" in global_seed1 and "lovt.pretrain.learning_rate = 0.003" in global_seed1
-    evaluation = fake.calls[-1]
-    assert evaluation[:2] == ["--gin", "e.gin"]
-    checkpoints = json.loads(evaluation[evaluation.index("--output_dir") - 1][14:])
-    assert checkpoints == {
+    for args in fake.calls:
+        if any(a.startswith("CHECKPOINTS") for a in args):
+            assert args[:2] == ["--gin", "e.gin"]
+    assert fake.evaluations() == {
+        "baselines": None,
         "LoVT #0": str(out / "pretrain/LoVT/lr_0.001/seed_0"),
         "LoVT #1": str(out / "pretrain/LoVT/lr_0.001/seed_1"),
         "Global only #0": str(out / "pretrain/Global_only/lr_0.003/seed_0"),
         "Global only #1": str(out / "pretrain/Global_only/lr_0.003/seed_1"),
     }
-    # The fake evaluation scores the encoders 0.2, 0.3, 0.4, 0.5 in that order.
+    # Each encoder's evaluation folder mirrors its pretraining's.
+    assert (out / "evaluation/Global_only/lr_0.003/seed_1/results.json").is_file()
+    assert (out / "evaluation/baselines/results.json").is_file()
+    # With 2 at once, each run gets its own CPUs (an even split of this process's).
+    cpus = [a[a.index("--cpus") + 1] if "--cpus" in a else None for a in fake.argvs]
+    import os
+
+    if parallel == 1 or len(os.sched_getaffinity(0)) < 2:
+        assert cpus == [None] * len(cpus)
+    else:
+        assert set(cpus) <= {",".join(map(str, sorted(os.sched_getaffinity(0))[k::2]))
+                             for k in range(2)}
+        assert (out / "logs/pretrain/LoVT/lr_0.001/seed_0.log").is_file()
     rows = {r["method"]: r for r in info["results"]}
     assert rows["LoVT"]["mean"] == pytest.approx(0.25)
     assert rows["Global only"]["mean"] == pytest.approx(0.45)
     assert rows["LoVT"]["ci95"] == pytest.approx(1.96 * np.std([0.2, 0.3], ddof=1) / np.sqrt(2))
+    assert [r["method"] for r in info["results"]] == ["Random init", "LoVT", "Global only"]
+    assert [r["number"] for r in info["runs"]] == sorted(r["number"] for r in info["runs"])
     table = (out / "results.md").read_text()
     # 1.96 * std([0.2, 0.3], ddof=1) / sqrt(2) = 1.96 * 0.0707 / 1.414 = 0.098.
     assert "| LoVT | 25.0 ± 9.8 |" in table and "| Random init | 10.0 ± 0.0 |" in table
@@ -140,27 +194,74 @@ def test_study_sweeps_each_methods_rate_then_runs_the_seeds_and_evaluates(tmp_pa
     # Rerunning resumes: every finished run is kept, nothing is started again.
     fake.calls.clear()
     study.study(output_dir=out, pretrain_gin=["p.gin"], methods=methods, seeds=[0, 1],
-                lr_sweep=[1e-3, 3e-3], evaluation_gin=["e.gin"], verbose=0)
+                lr_sweep=[1e-3, 3e-3], evaluation_gin=["e.gin"], verbose=0, parallel=parallel)
     assert fake.calls == []
+
+
+def test_pretrainings_go_first_and_each_evaluation_follows_its_own(tmp_path, monkeypatch):
+    """With 2 at once: both pretrainings start together, the baselines' evaluation
+    takes the first free slot, each encoder's evaluation starts only after its own
+    pretraining has ended, whichever ends first."""
+    events = []
+
+    class Slow(_Ended):
+        def __init__(self, name, polls):
+            super().__init__(None)
+            self.name, self.polls = name, polls
+
+        def poll(self):
+            self.polls -= 1
+            if self.polls <= 0 and self.returncode is None:
+                self.returncode = 0
+                events.append(("end", self.name))
+            return self.returncode
+
+    fake = FakeRuns(lambda args, lr: 1.0)
+
+    def launch(argv, cwd=None, stdout=None, stderr=None):
+        fake(argv, cwd, stdout, stderr)
+        args = fake.calls[-1]
+        name = Path(args[args.index("--output_dir") + 1]).relative_to(tmp_path).as_posix()
+        events.append(("start", name))
+        # LoVT pretrains for long, global only ends quickly.
+        return Slow(name, {"pretrain/LoVT/run": 6, "pretrain/Global_only/run": 2}.get(name, 1))
+
+    monkeypatch.setattr(study, "_launch", launch)
+    monkeypatch.setattr(study.time, "sleep", lambda _: None)
+    study.study(output_dir=tmp_path, pretrain_gin=["p.gin"],
+                methods={"LoVT": {}, "Global only": {"gin": ["g.gin"]}},
+                evaluation_gin=["e.gin"], verbose=0, parallel=2)
+    assert events[:2] == [("start", "pretrain/LoVT/run"), ("start", "pretrain/Global_only/run")]
+    assert events.index(("start", "evaluation/Global_only/run")) > events.index(
+        ("end", "pretrain/Global_only/run"))
+    assert events.index(("start", "evaluation/LoVT/run")) > events.index(
+        ("end", "pretrain/LoVT/run"))
+    # Global only ended first: its slot took the baselines' evaluation, then its own
+    # evaluation, both before LoVT's pretraining ended.
+    assert events.index(("start", "evaluation/baselines")) < events.index(
+        ("end", "pretrain/LoVT/run"))
+    assert events.index(("start", "evaluation/Global_only/run")) < events.index(
+        ("end", "pretrain/LoVT/run"))
 
 
 def test_a_method_may_sweep_its_own_rates(tmp_path, monkeypatch, capsys):
     """Only ConVIRT sweeps (its loss stayed at chance at the experiment's rate); LoVT
     runs as declared, with no learning-rate binding; the notes name the rate kept."""
     fake = FakeRuns(lambda args, lr: {None: 2.0, 1e-4: 3.1, 3e-4: 2.5, 1e-3: 3.4}[lr])
-    monkeypatch.setattr(study.subprocess, "run", fake)
+    monkeypatch.setattr(study, "_launch", fake)
     methods = {"LoVT": {}, "ConVIRT": {"bind": ["X = 1"], "lr_sweep": [1e-4, 3e-4, 1e-3]}}
     out = tmp_path / "study"
     info = study.study(output_dir=out, pretrain_gin=["p.gin"], methods=methods, seeds=[0, 1, 2],
                        evaluation_gin=["e.gin"], verbose=0)
-    # LoVT: 3 seeds; ConVIRT: 3 rates at seed 0, then seeds 1 and 2 at 3e-4; evaluation.
-    assert len(fake.calls) == 3 + 3 + 2 + 1
-    assert not any("lovt.pretrain.learning_rate" in " ".join(c) for c in fake.calls[:3])
-    assert all("lovt.pretrain.learning_rate = 0.0003" in c for c in fake.calls[6:8])
+    pretrainings = [c for c in fake.calls if not any(a.startswith("CHECKPOINTS") for a in c)]
+    # LoVT: 3 seeds; ConVIRT: 3 rates at seed 0, then seeds 1 and 2 at 3e-4; then the
+    # baselines' evaluation and 6 encoders'.
+    assert len(pretrainings) == 3 + 3 + 2 and len(fake.calls) == 8 + 1 + 6
+    assert not any("lovt.pretrain.learning_rate" in " ".join(c) for c in pretrainings[:3])
+    assert all("lovt.pretrain.learning_rate = 0.0003" in c for c in pretrainings[6:8])
     assert list(info["learning_rate_sweep"]) == ["ConVIRT"]
     assert info["learning_rate_sweep"]["ConVIRT"]["learning_rate"] == 3e-4
-    evaluation = fake.calls[-1]
-    checkpoints = json.loads(evaluation[evaluation.index("--output_dir") - 1][14:])
+    checkpoints = fake.evaluations()
     assert checkpoints["LoVT #2"] == str(out / "pretrain/LoVT/seed_2")
     assert checkpoints["ConVIRT #0"] == str(out / "pretrain/ConVIRT/lr_0.0003/seed_0")
     note = ("ConVIRT: pretraining learning rate 0.0003 (final validation loss per rate tried "
@@ -171,21 +272,41 @@ def test_a_method_may_sweep_its_own_rates(tmp_path, monkeypatch, capsys):
     study.study(output_dir=tmp_path / "s2", pretrain_gin=["p.gin"], seeds=[0],
                 methods={"LoVT": {"lr_sweep": []}}, lr_sweep=[1e-3, 3e-3],
                 evaluation_gin=["e.gin"], verbose=0)
-    assert len(fake.calls) == 2 and "lovt.pretrain.learning_rate" not in " ".join(fake.calls[0])
+    assert len(fake.calls) == 3 and "lovt.pretrain.learning_rate" not in " ".join(fake.calls[0])
 
 
 def test_study_stops_naming_the_failed_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(study.subprocess, "run",
-                        lambda argv, **_: subprocess.CompletedProcess(argv, 2))
+    monkeypatch.setattr(study, "_launch", lambda argv, **_: _Ended(2))
     with pytest.raises(study.StudyError, match=r"\[1\] \(LoVT, seed 0\) failed with exit code 2"):
         study.study(output_dir=tmp_path, pretrain_gin=["p.gin"], methods={"LoVT": {}},
                     seeds=[0], evaluation_gin=["e.gin"], verbose=0)
+    # With 2 at once the run under way ends first; the failed run's output is shown.
+    fake = FakeRuns(lambda args, lr: 1.0)
+
+    def launch(argv, cwd=None, stdout=None, stderr=None):
+        fake(argv, cwd, stdout, stderr)
+        if "SEED = 1" in argv:
+            stdout.write("Traceback ...\nValueError: the reason\n")
+            stdout.flush()
+            return _Ended(1)
+        return _Ended(0)
+
+    monkeypatch.setattr(study, "_launch", launch)
+    with pytest.raises(study.StudyError, match=r"(?s)\(LoVT, seed 1\) failed.*"
+                                               r"ValueError: the reason"):
+        study.study(output_dir=tmp_path / "p", pretrain_gin=["p.gin"], methods={"LoVT": {}},
+                    seeds=[0, 1, 2], evaluation_gin=["e.gin"], verbose=0, parallel=2)
+    started = [c for c in fake.calls if "SEED = 2" in c]
+    assert len(started) <= 1  # nothing new starts after a failure
     with pytest.raises(ValueError, match="unknown key"):
         study.study(output_dir=tmp_path, pretrain_gin=["p.gin"], methods={"LoVT": {"bnd": []}},
                     evaluation_gin=["e.gin"])
     with pytest.raises(ValueError, match=r"\['BYOL'\] have none"):
         study.study(output_dir=tmp_path, methods={"SimCLR": {"gin": ["s.gin"]}, "BYOL": {}},
                     evaluation_gin=["e.gin"])
+    with pytest.raises(ValueError, match="parallel"):
+        study.study(output_dir=tmp_path, pretrain_gin=["p.gin"], methods={"LoVT": {}},
+                    evaluation_gin=["e.gin"], parallel=0)
 
 
 @pytest.mark.parametrize("path", ["experiments/quickstart.gin",
@@ -196,19 +317,25 @@ def test_study_files_dry_run_lists_every_command(path, capsys, tmp_path):
     printed = capsys.readouterr().out
     commands = [line.strip() for line in printed.splitlines()
                 if line.strip().startswith("python -m tools.run")]
-    assert commands[-1].startswith("python -m tools.run --gin experiments/eval/")
+    evaluations = [c for c in commands if c.startswith("python -m tools.run --gin experiments/eval/")]
+    pretrainings = [c for c in commands if c not in evaluations]
+    # The baselines' evaluation, then one per encoder, after every pretraining.
+    assert commands[len(pretrainings):] == evaluations
+    assert 'lovt.eval_encoders.include = "baselines"' in evaluations[0]
+    assert len(evaluations) == len(pretrainings) + 1 or "lr_" in printed
     if path.endswith("image_only_synthcxr.gin"):  # every method its own experiment
-        for command, name in zip(commands[:-1], ["simclr"] * 3 + ["byol"] * 3 + ["pixelpro"] * 3):
+        for command, name in zip(pretrainings, ["simclr"] * 3 + ["byol"] * 3 + ["pixelpro"] * 3):
             assert command.startswith(
                 f"python -m tools.run --gin experiments/baselines/{name}_synthcxr.gin")
-        assert len(commands) == 10 and not (tmp_path / "s").exists()
+        assert len(commands) == 9 + 10 and not (tmp_path / "s").exists()
         return
-    for command in commands[:-1]:
+    for command in pretrainings:
         assert command.startswith("python -m tools.run --gin experiments/pretrain/quickstart.gin")
     if path == "experiments/quickstart.gin":
-        assert len(commands) == 3
+        assert len(pretrainings) == 2 and len(evaluations) == 3
     else:
-        assert "SEED = 2" in printed and len(commands) >= 9 * 3 + 1
+        assert "SEED = 2" in printed and len(pretrainings) >= 9 * 3
+        assert len(evaluations) == 9 * 3 + 1
     assert not (tmp_path / "s").exists()
 
 
