@@ -123,7 +123,8 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
             f"'gin' list for every method; {without_gin} have none)")
     if not evaluation_gin:
         raise ValueError("lovt.study.evaluation_gin: give the evaluation's gin file(s)")
-    if int(parallel) < 1:
+    parallel = int(parallel)
+    if parallel < 1:
         raise ValueError(f"lovt.study.parallel: 1 or more runs at once, got {parallel}")
     out = Path(output_dir if output_dir is not None else "runs/study")
     seed_list = [None] if seeds is None else [int(s) for s in seeds]
@@ -138,7 +139,7 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
         f"{f', learning rates {sweep} swept with the first seed' if sweep else ''}"
         f"{f', own learning-rate sweeps for {own}' if own else ''}; then "
         f"the evaluation of every encoder; in {out}"
-        f"{f'; {int(parallel)} runs at once' if int(parallel) > 1 else ''}")
+        f"{f'; {parallel} runs at once' if parallel > 1 else ''}")
     plan = _Plan(out, pretrain_gin, pretrain_bind, evaluation_gin, evaluation_bind,
                  dry_run, log)
     for method, spec in methods.items():
@@ -146,14 +147,14 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
         if "lr_sweep" in spec:
             method_sweep = [float(lr) for lr in spec["lr_sweep"] or ()] or None
         plan.add_method(method, spec, seed_list, method_sweep)
-    runner = _Runner(out, dry_run, log, int(parallel))
+    runner = _Runner(out, dry_run, log, parallel)
     runner.run_all(plan.jobs)
     if dry_run:
         log("dry run: nothing was run")
         return {}
 
     summaries = []
-    for job in plan.evaluations():
+    for job in plan.evaluations:
         summaries += json.loads((job.run_dir / f"{RESULTS_FILE}.json").read_text())
     first_runs = {method: job.run_dir for method, job in plan.first_runs.items()}
     records = sorted(runner.records, key=lambda r: r["number"])
@@ -275,17 +276,18 @@ class _Plan:
         self.log = log
         self.first_runs: dict[str, Path] = {}
         self.chosen_lr: dict[str, dict] = {}
-        self.jobs: list[_Job] = []
-        self._evaluations: list[_Job] = []
-        baselines = _Job("evaluation of the baselines",
-                         self.evaluation_args + _bind_args(
-                             ["CHECKPOINTS = {}", 'lovt.eval_encoders.include = "baselines"']),
-                         out / EVALUATION_DIR / BASELINES_DIR)
-        self._evaluations.append(baselines)
-        self._later = [baselines]  # evaluations run after every pretraining is queued
+        self.pretrainings: list[_Job] = []
+        self.evaluations = [_Job("evaluation of the baselines",
+                                 self.evaluation_args + _bind_args(
+                                     ["CHECKPOINTS = {}",
+                                      'lovt.eval_encoders.include = "baselines"']),
+                                 out / EVALUATION_DIR / BASELINES_DIR)]
 
-    def evaluations(self) -> list[_Job]:
-        return list(self._evaluations)
+    @property
+    def jobs(self) -> list[_Job]:
+        """Pretrainings in the declared order, then the evaluations (a job that is
+        ready starts in this order)."""
+        return self.pretrainings + self.evaluations
 
     def add_method(self, method: str, spec: Mapping, seeds: list, sweep: list | None) -> None:
         pretrain_gin, pretrain_bind = self.pretrain
@@ -298,29 +300,20 @@ class _Plan:
                        base + _seed_args(seeds[0]) + _bind_args([_lr(lr)]),
                        method_dir / f"lr_{lr:g}" / _seed_dir(seeds[0]))
             sweep_jobs[lr] = job
-            self.jobs.append(job)
+            self.pretrainings.append(job)
         for seed in seeds:
             what = f"{method}, seed {seed if seed is not None else 'of the experiment'}"
             if sweep:
                 job = _Job(what, after=list(sweep_jobs.values()),
                            prepare=self._swept_seed(method, base, seed, sweep_jobs, method_dir))
-                if self.dry_run:
-                    job.prepare(job)
             else:
                 job = _Job(what, base + _seed_args(seed), method_dir / _seed_dir(seed))
-            self.jobs.append(job)
+            self.pretrainings.append(job)
             name = method if seed is None else encoder_name(method, seed)
-            evaluation = _Job(f"evaluation of {name}", after=[job],
-                              prepare=self._encoder_evaluation(name, job))
-            if self.dry_run:
-                evaluation.prepare(evaluation)
-            self._evaluations.append(evaluation)
-            self._later.append(evaluation)
+            self.evaluations.append(_Job(f"evaluation of {name}", after=[job],
+                                         prepare=self._encoder_evaluation(name, job)))
             if seed == seeds[0]:
                 self.first_runs[method] = job
-        # Keep the job order: pretrainings in the declared order, evaluations after
-        # them (a run that is ready starts in this order).
-        self.jobs = [j for j in self.jobs if j not in self._later] + self._later
 
     def _swept_seed(self, method, base, seed, sweep_jobs, method_dir):
         def prepare(job: _Job) -> None:
@@ -417,15 +410,14 @@ class _Runner:
                 f"{shown}{where}\nrerun the study's command to resume from there")
 
     def _start(self, job: _Job, cpus: list[int] | None):
-        if job.prepare is not None and job.args is None:
+        if job.prepare is not None:  # its arguments wait for the runs it comes after
             job.prepare(job)
         self.count += 1
         job.number = self.count
         args, shown = job.command()
         if self.dry_run:
             self.log(f"[{job.number}] {job.what}:\n    {shown}")
-            self.records.append({"number": job.number, "what": job.what, "command": shown,
-                                 "output_dir": str(job.run_dir)})
+            self._record(job, None)
             job.done = True
             return None
         if is_finished(job.run_dir):
@@ -445,8 +437,8 @@ class _Runner:
             path = self._log_path(job)
             path.parent.mkdir(parents=True, exist_ok=True)
             log_file = open(path, "a", encoding="utf-8")
-            self.log(f"study [{job.number}] {job.what} (CPUs {','.join(map(str, cpus or []))}"
-                     f" ; output in {path}):\n    {shown}")
+            on = f"CPUs {','.join(map(str, cpus))}; " if cpus is not None else ""
+            self.log(f"study [{job.number}] {job.what} ({on}output in {path}):\n    {shown}")
         else:
             self.log(f"study [{job.number}] {job.what}:\n    {shown}")
         process = _launch(argv, cwd=REPO_ROOT, stdout=log_file,
