@@ -491,6 +491,11 @@ def main(argv: list[str] | None = None) -> dict:
         results = [json.loads(Path(p).read_text()) for p in args.table]
         print(markdown(results), end="")
         return {"results": results}
+    # Both steps, the Keras one and the plain-PyTorch child's, run with the memory
+    # settings of every tools.run process.
+    from tools.run import keep_freed_memory
+
+    keep_freed_memory()
     if args.reference_spec:
         return reference_main(args)
     _prepare_backend(args.backend)

@@ -12,6 +12,11 @@ pretrainings and their evaluation, each as a run of this program (see
 ``--backend`` sets ``KERAS_BACKEND`` before Keras is imported (``$KERAS_BACKEND`` must
 name one of ``BACKENDS``). ``--cpus`` runs the process on those CPUs only, with every
 framework's thread pools sized to them, also set before the import (``pin_cpus``).
+Before any framework is imported the program also keeps freed memory in the process
+(``keep_freed_memory``): TensorFlow's CPU tensors come from its BFC allocator, and glibc's
+malloc neither maps nor trims what it frees below 32 MB. Both are off by default and
+each training step then pays for fresh pages: on 2 CPUs a TensorFlow ``fit`` step of the
+quickstart took 1.5 s instead of 1.1 s, a third of it in the kernel.
 ``--dry_run`` builds the model and the data, runs one batch
 through the model, prints the summary and exits without writing a run directory (a
 study prints every command it would run); building the data generates SynthCXR into its
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import difflib
 import importlib.metadata
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         _select_backend(args.backend)
         if args.cpus is not None:
             pin_cpus(args.cpus)
+        keep_freed_memory()
         _quiet_framework_import()
         spec = configure(args.gin, args.bind)
         if args.dry_run:
@@ -215,6 +222,49 @@ def pin_cpus(text: str) -> list[int]:
     os.sched_setaffinity(0, cpus)
     os.environ.update(thread_environment(len(cpus)))
     return cpus
+
+
+# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets: the
+# largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2), and a trim
+# threshold above a training step's working set.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 1 << 30
+MEMORY_ENVIRONMENT = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+
+
+def keep_freed_memory() -> bool:
+    """Keeps the memory a training step frees for the next step, in this process and
+    the processes it starts; call it before any framework is imported.
+
+    - ``TF_CPU_ALLOCATOR_USE_BFC=true`` (unless set): TensorFlow's CPU tensors come from
+      its BFC allocator, which keeps freed blocks, instead of one malloc/free each.
+    - glibc's malloc (``mallopt``): buffers up to 32 MB come from the heap, not from a
+      fresh ``mmap`` each, and freed memory is not trimmed back to the kernel below
+      1 GB. By default glibc maps every buffer above a threshold that starts at 128 kB,
+      and each of its pages faults again when the next step touches it.
+
+    Measured on a 2-core VM (the quickstart's LoVT pretraining, TensorFlow, ``fit``): a
+    step took 1.4-1.8 s with 280,000-460,000 page faults; with both, 1.1 s with a few
+    hundred (about the in-memory ``train_on_batch`` step). The losses are unchanged.
+    glibc's own ``GLIBC_TUNABLES=glibc.malloc...`` in the environment wins: then malloc
+    is left alone.
+
+    Returns:
+        True when malloc was tuned (Linux with glibc), False when left alone.
+    """
+    for name, value in MEMORY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, version = libc.mallopt, libc.gnu_get_libc_version
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    del version
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 # TensorFlow's lines logged before it reads TF_CPP_MIN_LOG_LEVEL (absl's pre-init
