@@ -234,8 +234,8 @@ MEMORY_ENVIRONMENT = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 
 def keep_freed_memory() -> bool:
-    """Keeps the memory a training step frees for the next step, in this process and
-    the processes it starts; call it before any framework is imported.
+    """Keeps the memory a training step frees for the next step, in this process; call
+    it before any framework is imported (``main`` does, so every run of a study does).
 
     - ``TF_CPU_ALLOCATOR_USE_BFC=true`` (unless set): TensorFlow's CPU tensors come from
       its BFC allocator, which keeps freed blocks, instead of one malloc/free each.
@@ -259,10 +259,10 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        mallopt, version = libc.mallopt, libc.gnu_get_libc_version
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return False
-    del version
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
                 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
