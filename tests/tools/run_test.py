@@ -468,6 +468,16 @@ def test_a_new_process_keeps_freed_memory():
     assert done.stdout.split() == ["False", "false"], done.stderr
 
 
+def test_main_keeps_freed_memory_before_reading_the_configuration(monkeypatch, capsys):
+    """Every tools.run process (and so every run of a study) calls keep_freed_memory,
+    before the gin files are read: also a run whose file is missing."""
+    calls = []
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append("kept"))
+    assert run.main(["--gin", "experiments/nope.gin"]) == 2
+    assert "no such gin file" in capsys.readouterr().err
+    assert calls == ["kept"]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
 def test_cpus_flag_pins_a_new_process_before_its_framework_is_imported(capsys):
     """A process pinned with --cpus runs on those CPUs only, with the thread pools sized
