@@ -349,11 +349,30 @@ class DownstreamBatches(EpochTracking, keras.utils.PyDataset):
         images /= np.float32(self.std)
         return images
 
-    def targets(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
-        """The task's targets of ``rows`` (``masks`` or the box entries)."""
+    def packed_masks(self, rows: Sequence[int]) -> np.ndarray:
+        """uint8 ``(B, S, S)``: the stored masks of ``rows`` (segmentation), bit ``c`` =
+        class ``c`` of ``class_names``, one batched Arrow read."""
+        if self.task_type != SEGMENTATION:
+            raise ValueError(f"{self.name}: a {self.task_type} task has no masks")
+        return np.asarray(self._arrays[[int(r) for r in rows]][MASKS], np.uint8)
+
+    def targets(self, rows: Sequence[int],
+                packed_masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The task's targets of ``rows`` (``masks`` or the box entries).
+
+        ``packed_masks``: the masks of every row, ``packed_masks(range(num_rows))``,
+        read once and kept by the caller (segmentation; the same targets without an
+        Arrow read per batch); None = read ``rows`` from the dataset.
+        """
         rows = [int(r) for r in rows]
         if self.task_type == SEGMENTATION:
-            packed = self._arrays[rows][MASKS]  # uint8 (B, S, S)
+            if packed_masks is None:
+                packed = self.packed_masks(rows)
+            else:
+                if len(packed_masks) != self.num_rows:
+                    raise ValueError(f"{self.name}: packed_masks has {len(packed_masks)} rows, "
+                                     f"the split {self.num_rows}")
+                packed = packed_masks[rows]
             masks = unpack_masks(packed, max(self.class_ids) + 1)[:, self.class_ids]
             return {MASKS: np.moveaxis(masks, 1, -1).astype(np.float32)}
         boxes = np.zeros((len(rows), self.max_boxes, 4), np.float32)

@@ -21,17 +21,26 @@ class CachedFeatureBatches(EpochTracking, keras.utils.PyDataset):
     Args:
         base: the image batches (its shuffling, fraction and targets are used).
         features: ``layer -> (base.num_rows, h, w, d)`` in row order.
+        packed_masks: segmentation: ``base.packed_masks`` of every row, read once (e.g.
+            ``FeatureStore.packed_masks``), so that a batch's masks are indexed rather
+            than read from the dataset; None = read them per batch.
     """
 
-    def __init__(self, base: DownstreamBatches, features: dict[str, np.ndarray]):
+    def __init__(self, base: DownstreamBatches, features: dict[str, np.ndarray],
+                 packed_masks: np.ndarray | None = None):
         super().__init__(workers=1, use_multiprocessing=False)
         for name, value in features.items():
             if len(value) != base.num_rows:
                 raise ValueError(
                     f"feature map {name!r} has {len(value)} rows, the batches {base.num_rows}"
                 )
+        if packed_masks is not None and len(packed_masks) != base.num_rows:
+            raise ValueError(
+                f"packed_masks has {len(packed_masks)} rows, the batches {base.num_rows}"
+            )
         self.base = base
         self.features = features
+        self.packed_masks = packed_masks
         self._init_epochs()
 
     def __len__(self) -> int:
@@ -41,6 +50,6 @@ class CachedFeatureBatches(EpochTracking, keras.utils.PyDataset):
         epoch = self._epoch
         rows = self.base.batch_rows(index, epoch)
         batch = {name: np.asarray(value[rows]) for name, value in self.features.items()}
-        batch.update(self.base.targets(rows))
+        batch.update(self.base.targets(rows, packed_masks=self.packed_masks))
         self._mark_served(index, epoch)
         return batch

@@ -507,8 +507,13 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     metric_kind = "map" if task.metric == "mAP" else "froc"
     if cached:
         # The same task models, fed the frozen encoder's maps instead of the images.
+        # The masks too are read once per split and kept (they do not depend on the
+        # encoder): the same batches without an Arrow read per batch and epoch.
         train, val, test = (
-            CachedFeatureBatches(b, store.get(keys_of[s], encoder, b, layers))
+            CachedFeatureBatches(
+                b, store.get(keys_of[s], encoder, b, layers),
+                store.packed_masks((b.name, b.num_rows), b)
+                if task.task_type == SEGMENTATION else None)
             for s, b in data.items()
         )
     feature_inputs = layers if cached else None

@@ -25,7 +25,8 @@ DEFAULT_DISK_BYTES = 32 * 1024**3
 
 
 class FeatureStore:
-    """Cached encoder feature maps, keyed by the caller (split, encoder, layers).
+    """Cached encoder feature maps, keyed by the caller (split, encoder, layers), and the
+    splits' stored masks (:meth:`packed_masks`).
 
     Args:
         max_memory_bytes: features beyond this total go to ``.npy`` memory maps in a
@@ -45,7 +46,9 @@ class FeatureStore:
         self.chunk_size = int(chunk_size)
         self.memory_bytes = 0
         self.disk_bytes = 0
+        self.mask_bytes = 0
         self._entries: dict[Hashable, dict[str, np.ndarray]] = {}
+        self._masks: dict[Hashable, np.ndarray] = {}
         self._folder: str | None = None
         self._lock = threading.Lock()
 
@@ -74,6 +77,27 @@ class FeatureStore:
             if cached is None:
                 cached = self._compute(encoder, batches, tuple(layers))
                 self._entries[key] = cached
+        return cached
+
+    def packed_masks(self, key: Hashable, batches: DownstreamBatches) -> np.ndarray:
+        """The stored masks of every row of ``batches`` (segmentation), uint8 ``(N, S,
+        S)`` as :meth:`DownstreamBatches.packed_masks`, read on first use of ``key`` and
+        kept in memory (``mask_bytes``; one byte per pixel, outside the feature maps'
+        budgets, which ``memory_bytes`` and ``disk_bytes`` count): the runs of a split then index
+        them instead of reading the dataset in every batch of every epoch. The caller
+        guarantees that ``key`` identifies the split's rows; the masks do not depend on
+        the encoder."""
+        key = ("packed_masks", key)
+        with self._lock:
+            cached = self._masks.get(key)
+            if cached is None:
+                cached = np.empty((batches.num_rows, batches.image_size, batches.image_size),
+                                  np.uint8)
+                for start in range(0, batches.num_rows, self.chunk_size):
+                    rows = np.arange(start, min(start + self.chunk_size, batches.num_rows))
+                    cached[rows] = batches.packed_masks(rows)
+                self._masks[key] = cached
+                self.mask_bytes += cached.nbytes
         return cached
 
     def _allocate(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -109,7 +133,8 @@ class FeatureStore:
         """Forgets every entry and deletes the memory-mapped files."""
         with self._lock:
             self._entries.clear()
-            self.memory_bytes = self.disk_bytes = 0
+            self._masks.clear()
+            self.memory_bytes = self.disk_bytes = self.mask_bytes = 0
             if self._folder is not None:
                 shutil.rmtree(self._folder, ignore_errors=True)
                 self._folder = None

@@ -89,6 +89,41 @@ def test_cached_batches_hold_the_encoder_features_of_the_same_rows(folder, encod
     np.testing.assert_array_equal(cached[2][MASKS], stream[2][MASKS])
 
 
+def test_masks_read_once_give_the_same_batches(folder, encoder):
+    splits = downstream_splits(folder, "segmentation", classes=["effusion", "opacity"],
+                               batch_size=5, seed=3)
+    base = splits["train"]
+    store = FeatureStore()
+    packed = store.packed_masks((base.name, base.num_rows), base)
+    assert packed.dtype == np.uint8 and packed.shape == (12, 64, 64)
+    # Counted apart from the feature maps' budgets.
+    assert store.mask_bytes == 12 * 64 * 64 and store.memory_bytes == store.disk_bytes == 0
+    assert store.packed_masks((base.name, base.num_rows), None) is packed  # kept
+    # Two classes of the stored ones: bit c of a packed pixel is class c.
+    names = base.class_names
+    bits = [names.index("effusion"), names.index("opacity")]
+    assert any((packed >> b & 1).any() for b in bits)
+    features = store.get("key", encoder, base, ["conv5"])
+    read, kept = CachedFeatureBatches(base, features), CachedFeatureBatches(base, features, packed)
+    for epoch in (0, 1):
+        read.set_epoch(epoch)
+        kept.set_epoch(epoch)
+        base.set_epoch(epoch)
+        for index in range(len(base)):
+            rows = base.batch_rows(index)
+            want = np.stack([(packed[rows] >> b) & 1 for b in bits], -1).astype(np.float32)
+            np.testing.assert_array_equal(kept[index][MASKS], want)
+            np.testing.assert_array_equal(read[index][MASKS], want)
+            np.testing.assert_array_equal(base.targets(rows, packed_masks=packed)[MASKS], want)
+    with pytest.raises(ValueError, match="packed_masks has 6 rows"):
+        CachedFeatureBatches(base, features, packed[:6])
+    with pytest.raises(ValueError, match="packed_masks has 6 rows"):
+        base.targets([0], packed_masks=packed[:6])
+    detection = downstream_splits(folder, "detection", batch_size=4)["train"]
+    with pytest.raises(ValueError, match="detection task has no masks"):
+        detection.packed_masks([0])
+
+
 def test_feature_store_spills_to_memory_maps_beyond_its_budget(folder, encoder):
     base = downstream_splits(folder, "segmentation", batch_size=4)["validation"]
     in_memory = FeatureStore().get(0, encoder, base, ["conv5"])["conv5"]
