@@ -83,8 +83,8 @@ class FeatureStore:
         """The stored masks of every row of ``batches`` (segmentation), uint8 ``(N, S,
         S)`` as :meth:`DownstreamBatches.packed_masks`, read on first use of ``key`` and
         kept in memory (``mask_bytes``; one byte per pixel, outside the feature maps'
-        budgets, which ``memory_bytes`` and ``disk_bytes`` count): the runs of a split then index
-        them instead of reading the dataset in every batch of every epoch. The caller
+        budgets, which ``memory_bytes`` and ``disk_bytes`` count): the runs of a split
+        then index them instead of reading the dataset in every batch of every epoch. The caller
         guarantees that ``key`` identifies the split's rows; the masks do not depend on
         the encoder."""
         key = ("packed_masks", key)

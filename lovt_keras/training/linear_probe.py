@@ -19,7 +19,8 @@ Pieces:
 - :class:`~lovt_keras.training.feature_store.FeatureStore`: feature maps of a frozen
   encoder for every row of a split, in row order, kept in memory up to a byte budget and
   in memory-mapped ``.npy`` files in a temporary folder beyond it; several runs
-  (learning rates, seeds, tasks) of one encoder share it.
+  (learning rates, seeds, tasks) of one encoder share it. It also keeps each split's
+  stored masks (``FeatureStore.packed_masks``), read once instead of in every batch.
 - :class:`~lovt_keras.training.cached_feature_batches.CachedFeatureBatches`: the batches
   of a :class:`~lovt_keras.data.downstream_batches.DownstreamBatches` (same rows, same
   order per ``(seed, epoch)``) with the cached feature maps instead of the images.
