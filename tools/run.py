@@ -259,12 +259,12 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+    except OSError:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (macOS, musl): nothing to tune
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 # TensorFlow's lines logged before it reads TF_CPP_MIN_LOG_LEVEL (absl's pre-init
