@@ -26,8 +26,10 @@ current ``KERAS_BACKEND`` (or ``--backend``):
 For each step: the median, minimum and interquartile range of ``--steps`` timed steps
 after ``--warmup`` untimed ones (``train_on_batch`` returns the loss as a number, so a
 step includes the device's completion), images/s (batch / median), the first step
-(tracing and compilation) apart; the process's peak resident memory (``getrusage``
-high-water mark) and the accelerator's peak memory where the backend reports one; the
+(tracing and compilation) apart; the process's peak resident memory (``VmHWM``) and
+its resident memory after the imports, the model's build, the first step and the timed
+steps (where the memory goes: a second table), and the accelerator's peak memory where
+the backend reports one; the
 FLOPs of a step counted from the shapes the model's layers see
 (``lovt_keras.training.flops``: convolutions, dense and einsum layers, attention; a
 training step = 3 forward passes) and the achieved FLOP/s against this machine's own
@@ -135,18 +137,50 @@ def step_statistics(times: list[float], batch_size: int) -> dict:
             "images_per_s": batch_size / median}
 
 
+def _proc_memory() -> dict[str, int] | None:
+    """``VmRSS`` and ``VmHWM`` of ``/proc/self/status`` in bytes, read together (None
+    without ``/proc``). The kernel folds per-thread counters in lazily, so the peak is
+    taken as at least the resident memory read with it."""
+    fields = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    except OSError:
+        return None
+    if "VmRSS" not in fields:
+        return None
+    rss = fields["VmRSS"]
+    return {"rss": rss, "peak": max(rss, fields.get("VmHWM", rss))}
+
+
+def memory_bytes() -> dict[str, int]:
+    """This process's resident memory now (``rss``, ``VmRSS``) and its high-water mark
+    so far (``peak``, ``VmHWM``), in bytes. Without ``/proc`` both are the peak."""
+    memory = _proc_memory()
+    if memory is None:
+        peak = peak_rss_bytes()
+        return {"rss": peak, "peak": peak}
+    return memory
+
+
+# The stages at which a step's memory is read (``memory`` of the JSON): the frameworks
+# and the library imported (gin parsed, nothing built); the model built and compiled
+# (its weights); after the first training step (optimizer slots, traced or compiled
+# functions, the step's buffers); after the timed steps.
+MEMORY_STAGES = ("imported", "built", "first_step", "steps")
+
+
 def peak_rss_bytes() -> int:
     """The resident-memory high-water mark of this process.
 
     Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this program's
     memory. ``getrusage``'s ``ru_maxrss`` (used elsewhere) survives ``exec``, so a child
     process started by a big parent would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    memory = _proc_memory()
+    if memory is not None:
+        return memory["peak"]
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -263,6 +297,7 @@ def reference_main(args) -> dict:
 
     from tools import bench_torch
 
+    imported = memory_bytes()
     if args.reference_threads:
         torch.set_num_threads(args.reference_threads)
     spec = json.loads(Path(args.reference_spec).read_text())
@@ -271,8 +306,9 @@ def reference_main(args) -> dict:
     figures = bench_torch.time_steps(
         spec, batch, steps=args.steps, warmup=args.warmup,
         mixed_precision=args.mixed_precision, compile_model=args.reference_compile,
-        **spec["optimizer"])
+        memory=memory_bytes, **spec["optimizer"])
     figures["matmul_s"] = bench_torch.time_matmul(args.matmul_size)
+    figures["memory"] = {"imported": imported, **figures.pop("memory")}
     figures["peak_rss_bytes"] = peak_rss_bytes()
     figures["keras_imported"] = "keras" in sys.modules
     Path(args.reference_out).write_text(json.dumps(figures))
@@ -408,8 +444,36 @@ def table_rows(result: dict) -> list[str]:
     return rows
 
 
+MEMORY_HEADER = (
+    "| config | implementation | after imports (GB) | model built | after first step | "
+    "after the steps | peak | peak above imports |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def memory_rows(result: dict) -> list[str]:
+    """Markdown rows of where the memory of one run's steps goes (runs without the
+    ``memory`` figures, older JSON, give none): resident memory at each of
+    :data:`MEMORY_STAGES`, the peak, and the peak above the imports."""
+    rows = []
+    steps = [(f"Keras ({_options(result)})", result["keras"])]
+    if result.get("reference"):
+        steps.append(("plain PyTorch" + (" (bf16)" if result.get("mixed_precision") else ""),
+                      result["reference"]))
+    for name, figures in steps:
+        memory = figures.get("memory")
+        if not memory:
+            continue
+        rss = [_gb(memory[stage]["rss"]) for stage in MEMORY_STAGES]
+        peak = figures["peak_rss_bytes"]
+        rows.append(f"| {result['config']} | {name} | {' | '.join(rss)} | {_gb(peak)} | "
+                    f"{_gb(peak - memory['imported']['rss'])} |")
+    return rows
+
+
 def markdown(results: list[dict]) -> str:
-    """One Markdown table of several runs, with the machine and what the columns mean."""
+    """One Markdown table of several runs, with the machine and what the columns mean,
+    then the table of where their memory goes (when the runs measured it)."""
     lines = [TABLE_HEADER]
     for result in results:
         lines.extend(table_rows(result))
@@ -419,6 +483,13 @@ def markdown(results: list[dict]) -> str:
               f"FLOPs: {FLOP_CONVENTION}; % of matmul: achieved FLOP/s over a float32 "
               "matmul timed in the same run. Speed vs plain PyTorch: its ms/step over this "
               "row's (above 1 = faster); RSS: this row's peak over its."]
+    memory = [row for result in results for row in memory_rows(result)]
+    if memory:
+        lines += ["", MEMORY_HEADER, *memory, "",
+                  "Resident memory (GB) of each step's process after the frameworks and the "
+                  "library are imported, after the model is built (and compiled), after the "
+                  "first training step and after the timed steps; its peak; and the peak "
+                  "less the imports' memory, which is what the model and its steps hold."]
     return "\n".join(lines) + "\n"
 
 
@@ -526,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     spec = run.configure(files, bindings)
+    memory = {"imported": memory_bytes()}
     macro = lambda name: bound_value(f"%{name}")  # noqa: E731
     batch_size = int(macro("BATCH_SIZE"))
     image_size, max_tokens = int(macro("IMAGE_SIZE")), int(macro("MAX_TOKENS"))
@@ -544,6 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
     forward = forward.scaled(batch_size)
     model.compile(optimizer=keras.optimizers.AdamW(**optimizer),
                   jit_compile=True if args.jit else "auto")
+    memory["built"] = memory_bytes()
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     total = sum(int(np.prod(w.shape)) for w in model.weights)
     description = (f"{model.image_encoder.description} + "
@@ -561,6 +634,7 @@ def main(argv: list[str] | None = None) -> dict:
     logs = model.train_on_batch(batch, return_dict=True)
     float(logs["loss"])
     first_step_s = time.perf_counter() - start
+    memory["first_step"] = memory_bytes()
     for _ in range(args.warmup - 1):
         model.train_on_batch(batch, return_dict=True)
     times = []
@@ -570,10 +644,12 @@ def main(argv: list[str] | None = None) -> dict:
         float(logs["loss"])
         times.append(time.perf_counter() - start)
     step = step_statistics(times, batch_size)
+    memory["steps"] = memory_bytes()
     keras_figures = {
         "step": step, "first_step_s": first_step_s, "loss": float(logs["loss"]),
         "peak_rss_bytes": peak_rss_bytes(), "peak_device_bytes": peak_device_bytes(),
         "accumulation": accumulation, "update_s": accumulation * step["median_s"],
+        "memory": memory,
     }
     print(f"Keras step: median {1000 * step['median_s']:.1f} ms (min "
           f"{1000 * step['min_s']:.1f}, IQR {1000 * step['iqr_s']:.1f}) over {args.steps} "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -528,9 +529,16 @@ def time_matmul(size: int, repeats: int = 5) -> float:
 
 def time_steps(spec: dict, batch: dict[str, np.ndarray], steps: int, warmup: int,
                mixed_precision: bool = False, compile_model: bool = False,
-               learning_rate: float = 1e-4, weight_decay: float = 1e-6) -> dict:
+               learning_rate: float = 1e-4, weight_decay: float = 1e-6,
+               memory: Callable[[], dict] | None = None) -> dict:
     """Times ``steps`` AdamW training steps of ``LoVT(spec)`` on ``batch`` after
-    ``warmup`` untimed ones (the first one timed apart); returns the figures."""
+    ``warmup`` untimed ones (the first one timed apart); returns the figures.
+
+    ``memory`` (e.g. ``tools.bench.memory_bytes``) is read after the model and optimizer
+    are built, after the first step and after the timed steps: the figures' ``memory``
+    (``built``, ``first_step``, ``steps``)."""
+    marks = {}
+    read_memory = memory or (lambda: None)
     torch.manual_seed(0)
     where = device()
     model = LoVT(spec).to(where).train()
@@ -539,6 +547,7 @@ def time_steps(spec: dict, batch: dict[str, np.ndarray], steps: int, warmup: int
                                   lr=learning_rate, weight_decay=weight_decay, eps=1e-7)
     forward = torch.compile(model) if compile_model else model
     inputs = to_torch_batch(batch, where)
+    marks["built"] = read_memory()
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -552,6 +561,7 @@ def time_steps(spec: dict, batch: dict[str, np.ndarray], steps: int, warmup: int
     start = time.perf_counter()
     loss = step()
     first_step_s = time.perf_counter() - start
+    marks["first_step"] = read_memory()
     for _ in range(warmup - 1):
         step()
     times = []
@@ -559,7 +569,9 @@ def time_steps(spec: dict, batch: dict[str, np.ndarray], steps: int, warmup: int
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
+    marks["steps"] = read_memory()
     return {"times_s": times, "first_step_s": first_step_s, "loss": loss,
+            "memory": marks if memory else None,
             "weights": total_weights, "trainable_weights": trainable,
             "device": str(where), "torch_version": torch.__version__,
             "threads": torch.get_num_threads(), "peak_device_bytes": peak_device_bytes()}

@@ -127,6 +127,18 @@ def test_tiny_runs_against_plain_pytorch_with_consistent_figures(tmp_path, capsy
         flops["training_per_step"] / step["median_s"])
     assert result["matmul"]["ceiling_flops_per_s"] >= result["matmul"]["keras_flops_per_s"]
     assert result["keras"]["peak_rss_bytes"] > 100e6 and reference["peak_rss_bytes"] > 100e6
+    # Memory at each stage: resident <= the peak so far, the peaks never fall, and the
+    # last peak is the run's. Tolerance 8 MB: the kernel folds each thread's page
+    # counters into the process's lazily (up to 64 pages per thread late).
+    for figures in (result["keras"], reference):
+        memory = figures["memory"]
+        assert list(memory) == list(bench.MEMORY_STAGES)
+        peaks = [memory[stage]["peak"] for stage in bench.MEMORY_STAGES]
+        peaks.append(figures["peak_rss_bytes"])
+        assert all(later >= earlier - 8e6 for earlier, later in zip(peaks, peaks[1:]))
+        assert all(0 < memory[stage]["rss"] <= memory[stage]["peak"]
+                   for stage in bench.MEMORY_STAGES)
+    assert "| tiny | plain PyTorch | " in printed.split(bench.MEMORY_HEADER)[1]
 
     assert "| tiny | Keras (" in printed and "| tiny | plain PyTorch |" in printed
     assert f"{result['weights']:,} weights" in printed
@@ -135,6 +147,35 @@ def test_tiny_runs_against_plain_pytorch_with_consistent_figures(tmp_path, capsy
     # --table rebuilds the same table from the JSON.
     bench.main(["--table", str(tmp_path / f"tiny-{result['backend']}.json")])
     assert capsys.readouterr().out == table
+
+
+def test_memory_bytes_sees_an_allocation():
+    before = bench.memory_bytes()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, every page written
+    during = bench.memory_bytes()
+    assert during["rss"] - before["rss"] >= 60 * 2**20
+    assert before["rss"] <= before["peak"] <= during["peak"] and during["rss"] <= during["peak"]
+    assert during["peak"] <= bench.peak_rss_bytes()
+    del block
+
+
+def test_memory_table_gives_each_stage_and_the_peak_above_the_imports():
+    gb = 10**9
+
+    def marks(*rss):
+        return {stage: {"rss": int(value * gb), "peak": int(value * gb)}
+                for stage, value in zip(bench.MEMORY_STAGES, rss, strict=True)}
+
+    result = {"config": "full", "backend": "jax",
+              "keras": {"memory": marks(0.9, 1.25, 3.0, 2.5), "peak_rss_bytes": 3.5 * gb},
+              "reference": {"memory": marks(0.4, 0.5, 1.9, 1.8), "peak_rss_bytes": 2.0 * gb}}
+    assert bench.memory_rows(result) == [
+        "| full | Keras (jax) | 0.90 | 1.25 | 3.00 | 2.50 | 3.50 | 2.60 |",
+        "| full | plain PyTorch | 0.40 | 0.50 | 1.90 | 1.80 | 2.00 | 1.60 |",
+    ]
+    # Runs from before the memory figures (older JSON) give no rows.
+    del result["keras"]["memory"], result["reference"]["memory"]
+    assert bench.memory_rows(result) == []
 
 
 def test_bench_train_step_is_bench_with_the_mimic_config(monkeypatch):
