@@ -8,7 +8,7 @@ of its own under the study's ``--output_dir``:
     evaluation/baselines/                the evaluation's own encoders (random init,
                                          weights files) on every task (``lovt.evaluate``)
     evaluation/<method>/[lr_<lr>/]seed_<s>/  each pretrained encoder on every task,
-                                         started as soon as its pretraining has ended
+                                         started after its pretraining (pretrainings first)
     logs/                                each run's output, when runs go side by side
 
 then the study's own outputs: ``results.md`` / ``results.csv`` (methods x tasks,
@@ -96,7 +96,8 @@ def study(model: Any = None, train_data: Any = None, val_data: Any = None,
         evaluation_gin: the gin files of the evaluation (``lovt.evaluate``). The
             baselines it declares (random init, weights files) are evaluated in one run,
             each encoder of the study in a run of its own (``CHECKPOINTS`` bound to it),
-            as soon as its pretraining has finished.
+            after its pretraining: a free slot takes the first run that can start, in
+            the order pretrainings (as declared), then evaluations.
         evaluation_bind: extra bindings of the evaluation.
         title: title of the bar chart.
         parallel: runs at once. With more than 1, the CPUs this process may use are
