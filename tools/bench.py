@@ -159,10 +159,7 @@ def memory_bytes() -> dict[str, int]:
     """This process's resident memory now (``rss``, ``VmRSS``) and its high-water mark
     so far (``peak``, ``VmHWM``), in bytes. Without ``/proc`` both are the peak."""
     memory = _proc_memory()
-    if memory is None:
-        peak = peak_rss_bytes()
-        return {"rss": peak, "peak": peak}
-    return memory
+    return memory or {"rss": peak_rss_bytes(), "peak": peak_rss_bytes()}
 
 
 # The stages at which a step's memory is read (``memory`` of the JSON): the frameworks
@@ -397,6 +394,10 @@ def _options(result: dict) -> str:
     return ", ".join(tags)
 
 
+def _reference_name(result: dict) -> str:
+    return "plain PyTorch" + (" (bf16)" if result.get("mixed_precision") else "")
+
+
 TABLE_HEADER = (
     "| config | implementation | ms/step median | min | IQR | images/s | first step (s) "
     "| peak RSS (GB) | device peak (GB) | GFLOP/step | GFLOP/s | % of matmul | "
@@ -429,9 +430,8 @@ def table_rows(result: dict) -> list[str]:
         keras_["peak_rss_bytes"], keras_["peak_device_bytes"],
         result["matmul"]["ceiling_flops_per_s"], speed, memory)
     if reference:
-        row("plain PyTorch" + (" (bf16)" if result.get("mixed_precision") else ""),
-            reference["step"], reference["first_step_s"], reference["peak_rss_bytes"],
-            reference["peak_device_bytes"], reference["matmul_flops_per_s"], "1.00x", "1.00x")
+        row(_reference_name(result), reference["step"], reference["first_step_s"],
+            reference["peak_rss_bytes"], reference["peak_device_bytes"], reference["matmul_flops_per_s"], "1.00x", "1.00x")
     pipeline = result.get("pipeline")
     if pipeline:
         fed = pipeline["fed_step"]
@@ -458,8 +458,7 @@ def memory_rows(result: dict) -> list[str]:
     rows = []
     steps = [(f"Keras ({_options(result)})", result["keras"])]
     if result.get("reference"):
-        steps.append(("plain PyTorch" + (" (bf16)" if result.get("mixed_precision") else ""),
-                      result["reference"]))
+        steps.append((_reference_name(result), result["reference"]))
     for name, figures in steps:
         memory = figures.get("memory")
         if not memory:
