@@ -31,26 +31,49 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.
         keys = sorted(k for k in found if k.endswith("loss") and not k.startswith("val_"))
     if not keys:
         raise ValueError("no loss values to plot")
+    colors = run_colors(len(histories))
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, records in histories.items():
+        for color, (name, records) in zip(colors, histories.items()):
             for prefix, style in (("", "-"), ("val_", "--")):
                 points = [(r["epoch"], r[prefix + key]) for r in records if prefix + key in r]
                 if points:
                     xs, ys = zip(*points)
-                    ax.plot(xs, ys, style, marker="o", ms=3,
+                    ax.plot(xs, ys, style, color=color, marker="o", ms=3,
                             label=f"{name}{' (val)' if prefix else ''}")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    return save_figure(fig, axes, len(keys), path)
+    # One legend for the figure, beside the panels: a run has one colour in every
+    # panel, solid for training and dashed for validation.
+    handles = [plt.Line2D([], [], color=color, marker="o", ms=3, label=name)
+               for color, name in zip(colors, histories)]
+    handles += [plt.Line2D([], [], color="black", ls="-", label="training"),
+                plt.Line2D([], [], color="black", ls="--", label="validation")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
+    return save_figure(fig, axes, len(keys), path, outside_legend=True)
 
 
-def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110) -> Path:
+def run_colors(count: int) -> list[tuple[float, ...]]:
+    """``count`` distinct RGBA colours: matplotlib's ``tab10`` up to 10 runs, ``tab20``
+    up to 20, evenly spaced on ``hsv`` beyond (the default cycle repeats after 10)."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["hsv"](i / count) for i in range(count)]
+
+
+def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110,
+                outside_legend: bool = False) -> Path:
     """Hides the unused panels (those after the first ``used`` of ``axes``), writes the
-    figure as a PNG (creating its folder), closes it and returns the path."""
+    figure as a PNG (creating its folder), closes it and returns the path.
+    ``outside_legend``: the figure has a legend beside its panels; the PNG is widened to
+    hold it."""
     import matplotlib.pyplot as plt
 
     for ax in list(axes.flat)[used:]:
@@ -58,6 +81,6 @@ def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110) -
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight" if outside_legend else None)
     plt.close(fig)
     return path
