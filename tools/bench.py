@@ -159,7 +159,10 @@ def memory_bytes() -> dict[str, int]:
     """This process's resident memory now (``rss``, ``VmRSS``) and its high-water mark
     so far (``peak``, ``VmHWM``), in bytes. Without ``/proc`` both are the peak."""
     memory = _proc_memory()
-    return memory or {"rss": peak_rss_bytes(), "peak": peak_rss_bytes()}
+    if memory is None:
+        peak = peak_rss_bytes()
+        return {"rss": peak, "peak": peak}
+    return memory
 
 
 # The stages at which a step's memory is read (``memory`` of the JSON): the frameworks
@@ -431,7 +434,8 @@ def table_rows(result: dict) -> list[str]:
         result["matmul"]["ceiling_flops_per_s"], speed, memory)
     if reference:
         row(_reference_name(result), reference["step"], reference["first_step_s"],
-            reference["peak_rss_bytes"], reference["peak_device_bytes"], reference["matmul_flops_per_s"], "1.00x", "1.00x")
+            reference["peak_rss_bytes"], reference["peak_device_bytes"],
+            reference["matmul_flops_per_s"], "1.00x", "1.00x")
     pipeline = result.get("pipeline")
     if pipeline:
         fed = pipeline["fed_step"]

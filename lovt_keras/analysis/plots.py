@@ -53,7 +53,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.
                 plt.Line2D([], [], color="black", ls="--", label="validation")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                frameon=False)
-    return save_figure(fig, axes, len(keys), path, outside_legend=True)
+    return save_figure(fig, axes, len(keys), path)
 
 
 def run_colors(count: int) -> list[tuple[float, ...]]:
@@ -68,12 +68,10 @@ def run_colors(count: int) -> list[tuple[float, ...]]:
     return [colormaps["hsv"](i / count) for i in range(count)]
 
 
-def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110,
-                outside_legend: bool = False) -> Path:
+def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Hides the unused panels (those after the first ``used`` of ``axes``), writes the
-    figure as a PNG (creating its folder), closes it and returns the path.
-    ``outside_legend``: the figure has a legend beside its panels; the PNG is widened to
-    hold it."""
+    figure as a PNG (creating its folder), closes it and returns the path. A figure
+    with a legend of its own (beside the panels) is saved widened to hold it."""
     import matplotlib.pyplot as plt
 
     for ax in list(axes.flat)[used:]:
@@ -81,6 +79,6 @@ def save_figure(fig, axes, used: int, path: str | os.PathLike, dpi: int = 110,
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight" if outside_legend else None)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight" if fig.legends else None)
     plt.close(fig)
     return path
