@@ -33,7 +33,7 @@ bench: $(STAMP)
 	@for b in $(BACKENDS); do $(PY) -m tools.bench --config $(BENCH_CONFIG) --backend $$b || exit 1; done
 	$(PY) -m tools.bench --table $(foreach b,$(BACKENDS),runs/bench/$(BENCH_CONFIG)-$(b).json)
 
-# The same table on a GPU machine (prepared; not yet run, no GPU was at hand): the full
+# The same table on a GPU machine (its commands ran on an H200 on 2026-12-04, see README): the full
 # and the paper's MIMIC model, batch 32, float32 and mixed bf16, each backend beside
 # plain PyTorch, in the CUDA builds of the frameworks (venv-gpu, several GB).
 GPU_VENV := .venv-gpu
