@@ -72,6 +72,7 @@ from lovt_keras.models.warmup import fit_with_warmup
 from lovt_keras.models.yolov3 import LOVT_ANCHORS
 from lovt_keras.training.cached_feature_batches import CachedFeatureBatches
 from lovt_keras.training.callbacks import SetDataEpoch
+from lovt_keras.training.compiled_models import CompiledModels
 from lovt_keras.training.downstream_heads import DOWNSTREAM_HEADS, downstream_head
 from lovt_keras.training.feature_store import FeatureStore
 
@@ -419,6 +420,7 @@ def run_task(
     verbose: int = 0,
     feature_store: FeatureStore | None = None,
     use_feature_cache: bool | None = None,
+    compiled_models: CompiledModels | None = None,
 ) -> dict:
     """Trains and tests one model of ``task`` at one learning rate and seed.
 
@@ -440,6 +442,9 @@ def run_task(
         use_feature_cache: None (default): cache when the task allows it
             (:func:`uses_feature_cache`) and the features fit the store's budgets;
             True: cache whenever the task allows it; False: always train on the images.
+        compiled_models: compiled models of earlier runs to reuse (see
+            :mod:`~lovt_keras.training.compiled_models`; same results, traced once);
+            None: this run builds and traces its own.
 
     Returns:
         dict with ``val_metric`` (the best validation value of ``task.metric``),
@@ -470,7 +475,7 @@ def run_task(
     store = FeatureStore() if own_store else feature_store
     try:
         result = _fit_and_test(task, encoder_factory, encoder, head, data, learning_rate, seed,
-                               store, use_feature_cache, verbose)
+                               store, use_feature_cache, verbose, compiled_models)
     finally:
         if own_store:
             store.close()
@@ -487,7 +492,8 @@ def run_task(
 def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Model,
                   head: keras.layers.Layer, data: dict[str, DownstreamBatches],
                   learning_rate: float, seed: int, store: FeatureStore,
-                  use_feature_cache: bool | None, verbose: int) -> dict:
+                  use_feature_cache: bool | None, verbose: int,
+                  compiled_models: CompiledModels | None = None) -> dict:
     """The body of :func:`run_task` after the data, encoder and head are built."""
     train, val, test = data["train"], data["validation"], data["test"]
     layers = _cached_inputs(task, head)
@@ -536,8 +542,19 @@ def _fit_and_test(task: EvalTask, encoder_factory: Callable, encoder: keras.Mode
     fit_kwargs = dict(verbose=verbose, shuffle=False)
     if task.frozen or task.warmup_steps == 0:
         model.compile(optimizer=downstream_optimizer(learning_rate))
-        history = model.fit(train, validation_data=val, epochs=task.max_epochs,
-                            callbacks=callbacks, **fit_kwargs).history
+        key = None
+        if compiled_models is not None:
+            # On cached features the encoder is not part of the computation.
+            key = compiled_models.key(task.to_dict(), model,
+                                      None if cached else id(encoder_factory))
+            model = compiled_models.take(key, model, train[0])
+        try:
+            history = model.fit(train, validation_data=val, epochs=task.max_epochs,
+                                callbacks=callbacks, **fit_kwargs).history
+        except BaseException:
+            if key is not None:
+                compiled_models.discard(key)
+            raise
         warmup = 0
     else:
         fitted = fit_with_warmup(
@@ -694,6 +711,7 @@ def evaluate_task(
     run: Callable[..., dict] = run_task,
     verbose: int = 0,
     feature_store: FeatureStore | None = None,
+    compiled_models: CompiledModels | None = None,
 ) -> dict:
     """The protocol of one task: lr search on validation (seed 0), then the seeds.
 
@@ -707,6 +725,7 @@ def evaluate_task(
         run: the single-run function (``run_task``; tests inject a fake).
         verbose: passed to ``run``.
         feature_store: shared feature cache (created here when None).
+        compiled_models: compiled models shared between runs (created here when None).
 
     Returns:
         dict with ``task``, ``label``, ``number``, ``metric``, ``learning_rate`` (chosen),
@@ -725,13 +744,15 @@ def evaluate_task(
         raise ValueError("evaluate_task needs at least one seed")
     own_store = feature_store is None
     store = FeatureStore() if own_store else feature_store
+    models = CompiledModels() if compiled_models is None else compiled_models
     start = time.perf_counter()
     done_runs: dict[tuple[float, int], dict] = {}
 
     def one(lr: float, seed: int) -> dict:
         if (lr, seed) not in done_runs:
             done_runs[(lr, seed)] = run(task, encoder_factory, lr, seed, _run_dir(out, lr, seed),
-                                        verbose=verbose, feature_store=store)
+                                        verbose=verbose, feature_store=store,
+                                        compiled_models=models)
         return done_runs[(lr, seed)]
 
     try:
@@ -787,7 +808,9 @@ def evaluate_encoders(
 
     Task summaries go to ``<output_dir>/<method>/<task>/summary.json`` (resumable).
     Encoders run one after the other; the features cached for one encoder's frozen linear
-    tasks are shared between its tasks and freed before the next encoder.
+    tasks are shared between its tasks and freed before the next encoder. The compiled
+    task models are shared by all encoders (:mod:`~lovt_keras.training.compiled_models`):
+    a frozen task on cached features is traced once for the whole evaluation.
 
     Args:
         encoders: method name (a table row) -> encoder factory.
@@ -807,13 +830,15 @@ def evaluate_encoders(
         raise ValueError("no encoder to evaluate")
     out = None if output_dir is None else Path(output_dir)
     results = []
+    models = CompiledModels(capacity=max(16, len(tasks)))
     for method, factory in encoders.items():
         store = FeatureStore()
         try:
             for task in tasks:
                 task_dir = None if out is None else out / _safe_name(method) / task.name
                 summary = evaluate_task(task, factory, seeds, task_dir, run=run,
-                                        verbose=verbose, feature_store=store)
+                                        verbose=verbose, feature_store=store,
+                                        compiled_models=models)
                 summary = dict(summary, method=method)
                 results.append(summary)
                 if log is not None:
@@ -824,6 +849,7 @@ def evaluate_encoders(
                     )
         finally:
             store.close()
+            models.release_encoder(id(factory))
     return results
 
 
