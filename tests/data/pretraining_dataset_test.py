@@ -318,6 +318,9 @@ def test_synthcxr_tokenizer_is_cached_in_the_folder(tiny_synthcxr):
     assert all(tokenizer.unk_token_id not in tokenizer.tokenize(s) for s in sentences)
 
 
+# Large: tests/tools/run_test.py fits on these batches with two loader threads by default
+# (and asserts a bit-identical repeat); this one checks the weights move (43-72 s on JAX).
+@pytest.mark.large
 def test_fit_with_worker_threads_changes_weights(tiny_synthcxr):
     from lovt_keras.testing.fixtures import tiny_pretrainer
 

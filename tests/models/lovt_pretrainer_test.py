@@ -212,6 +212,9 @@ def test_keras_round_trip_gives_identical_outputs():
         LoVTPretrainer(model.get_config()["image_encoder"], model.report_encoder)
 
 
+# Large: the mechanics run by default in tests/training/pretrain_test.py (accumulation on a
+# tiny model, a mixed_bfloat16 build); this is the LoVT model under both (45-110 s on JAX).
+@pytest.mark.large
 def test_gradient_accumulation_and_mixed_precision():
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
