@@ -78,27 +78,30 @@ class CompiledModels:
         build it."""
         kept = self._models.get(key)
         if kept is None:
-            self.built += 1
-            self._models[key] = fresh
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
-            return fresh
+            return self._keep(key, fresh)
         # Keras' own build of a model before its first step (what fit calls).
         fresh._symbolic_build(data_batch=batch)
         pairs = ((fresh.variables, kept.variables),
                  (fresh.optimizer.variables, kept.optimizer.variables))
         if any(_variables_signature(s) != _variables_signature(t) for s, t in pairs):
             # Built, the models differ after all: the new one replaces the kept one.
-            self.built += 1
-            self._models[key] = fresh
-            self._models.move_to_end(key)
-            return fresh
+            return self._keep(key, fresh)
         for source, target in pairs:
             for s, t in zip(source, target):
                 t.assign(s)
         self._models.move_to_end(key)
         self.reused += 1
         return kept
+
+    def _keep(self, key: Hashable, model: keras.Model) -> keras.Model:
+        """Keeps ``model`` as the most recent one of ``key``, dropping the least recent
+        beyond the capacity."""
+        self.built += 1
+        self._models[key] = model
+        self._models.move_to_end(key)
+        while len(self._models) > self.capacity:
+            self._models.popitem(last=False)
+        return model
 
     def discard(self, key: Hashable) -> None:
         """Forgets the model of ``key`` (after a run that failed half-way)."""
@@ -109,6 +112,3 @@ class CompiledModels:
         another encoder can take them over)."""
         for key in [k for k in self._models if k[-1] == encoder_identity]:
             del self._models[key]
-
-    def clear(self) -> None:
-        self._models.clear()
