@@ -23,10 +23,8 @@ EXPERIMENT = "experiments/pretrain/lovt_synthcxr.gin"
 TINY = "gin/debug/tiny.gin"
 
 
-@pytest.fixture(scope="module")
-def synthcxr_bindings(tmp_path_factory):
-    # One small SynthCXR per session (generated on first use by lovt.synthcxr_folder).
-    cache = tmp_path_factory.getbasetemp() / "synthcxr_cache"
+def _synthcxr_bindings(cache: Path) -> list[str]:
+    """A small SynthCXR, generated in ``cache`` on first use by lovt.synthcxr_folder."""
     return [
         "--bind", f"lovt.synthcxr_folder.cache_dir = '{cache}'",
         "--bind", "lovt.synthcxr_folder.num_train = 16",
@@ -35,14 +33,16 @@ def synthcxr_bindings(tmp_path_factory):
     ]
 
 
+@pytest.fixture(scope="module")
+def synthcxr_bindings(tmp_path_factory):
+    # One small SynthCXR per session.
+    return _synthcxr_bindings(tmp_path_factory.getbasetemp() / "synthcxr_cache")
+
+
 def _tiny_argv(out: Path, cache: Path) -> list[str]:
     """One epoch of the tiny overlay on a small SynthCXR generated in ``cache``, two
     loader threads."""
-    return ["--gin", EXPERIMENT, "--gin", TINY,
-            "--bind", f"lovt.synthcxr_folder.cache_dir = '{cache}'",
-            "--bind", "lovt.synthcxr_folder.num_train = 16",
-            "--bind", "lovt.synthcxr_folder.num_validation = 8",
-            "--bind", "lovt.synthcxr_folder.num_test = 4",
+    return ["--gin", EXPERIMENT, "--gin", TINY, *_synthcxr_bindings(cache),
             "--bind", "lovt.pretraining_batches.workers = 2",
             "--bind", "lovt.pretrain.epochs = 1", "--output_dir", str(out)]
 
